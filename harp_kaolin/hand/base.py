@@ -205,9 +205,8 @@ class HandModel(torch.nn.Module):
         rest = self.subdivide(rest_base) if self.subdivision.levels else rest_base
         if displacement is not None:
             if displacement.shape[-1] != rest.shape[1]:
-                raise ValueError(
-                    f"displacement must have {rest.shape[1]} values per frame, got {tuple(displacement.shape)}"
-                )
+                got = tuple(displacement.shape)
+                raise ValueError(f"displacement must have {rest.shape[1]} values per frame, got {got}")
             rest = rest + displacement.reshape(-1, rest.shape[1], 1) * vertex_normals(rest, self.faces)
         keypoints = self.model_keypoints(transforms, rest_frames, rest_base, shape)
         rotation = axis_angle_to_matrix(global_orient) if global_orient is not None else None
