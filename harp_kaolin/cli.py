@@ -1,0 +1,109 @@
+"""The ``harp`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from harp_kaolin.hand import load_hand
+
+    options = {"model_path": args.model_path} if args.model_path else {}
+    hand = load_hand(args.hand, subdivide=args.subdivide, **options)
+    facts = hand.facts()
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        for key, value in facts.items():
+            if not isinstance(value, list):
+                print(f"{key:>24}: {value}")
+        print(f"{'joints':>24}: {', '.join(facts['joint_names'])}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harp_kaolin.data import check_sequence
+
+    summary, problems = check_sequence(args.sequence)
+    if args.json:
+        print(json.dumps({"summary": summary, "problems": problems}, indent=1))
+    else:
+        cov = summary.get("mask_coverage") or {}
+        print(f"sequence:  {args.sequence}")
+        print(f"frames:    {summary.get('frames', 0)}")
+        if summary.get("width"):
+            print(f"size:      {summary['width']}x{summary['height']}")
+        if cov.get("median") is not None:
+            print(
+                f"mask coverage: min {100 * cov['min']:.1f}%  median {100 * cov['median']:.1f}%"
+                f"  max {100 * cov['max']:.1f}%"
+            )
+        print(
+            f"keypoints: 3D in {summary.get('keypoints3d_frames', 0)} frames, "
+            f"2D in {summary.get('keypoints2d_frames', 0)} frames"
+        )
+        if problems:
+            print(f"\n{len(problems)} problem(s):", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+        else:
+            print("ok")
+    return 1 if problems else 0
+
+
+def _cmd_import_video(args: argparse.Namespace) -> int:
+    from harp_kaolin.data.video import import_video
+
+    n = import_video(
+        args.video, args.masks, args.camera, args.out, every=args.every, max_frames=args.max_frames
+    )
+    print(f"wrote {n} frames to {args.out}; keypoints.json is not written (add one for initialization)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harp", description="HARP personalized hand avatars from a monocular RGB video."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print the facts of a hand model")
+    p.add_argument("--hand", default="anny", help="anny (default), anny_arm or mano")
+    p.add_argument("--subdivide", type=int, default=1, help="levels of midpoint subdivision")
+    p.add_argument("--model-path", help="MANO_RIGHT.pkl / .npz for --hand mano")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("check", help="check a sequence folder; exit 1 listing the problems")
+    p.add_argument("sequence", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("import-video", help="convert a video + mask video to a sequence folder")
+    p.add_argument("video", type=Path)
+    p.add_argument("--masks", type=Path, required=True, help="video of the foreground masks")
+    p.add_argument("--camera", type=Path, required=True, help="camera.json with width,height,fx,fy,cx,cy")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.set_defaults(func=_cmd_import_video)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"harp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

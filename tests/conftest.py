@@ -1,0 +1,36 @@
+"""Shared fixtures. The first anny load builds ~/.cache/anny (about 2 minutes, once per machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+]
+
+
+@pytest.fixture(scope="session")
+def anny_hand():
+    from harp_kaolin.hand import load_hand
+
+    return load_hand("anny", subdivide=0)
+
+
+@pytest.fixture(scope="session")
+def anny_hand_sub():
+    from harp_kaolin.hand import load_hand
+
+    return load_hand("anny", subdivide=1)
+
+
+def shared_sequence(name: str) -> Path:
+    """Path of a sequence in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared test data not found at {path} (the ../shared/data folder beside the checkout)")
+    return path
