@@ -192,14 +192,7 @@ class HandModel(torch.nn.Module):
         Returns:
             HandOutput with vertices and keypoints in camera coordinates.
         """
-        if pose.dim() != 3 or pose.shape[1:] != (self.num_pose, 3):
-            raise ValueError(f"pose must have shape (B, {self.num_pose}, 3), got {tuple(pose.shape)}")
-        b = pose.shape[0]
-        if shape is None:
-            shape = self.default_shape(1).to(pose)
-        if shape.dim() != 2 or shape.shape[1] != self.num_shape or shape.shape[0] not in (1, b):
-            raise ValueError(f"shape must have shape ({b} or 1, {self.num_shape}), got {tuple(shape.shape)}")
-        shape = shape.expand(b, -1)
+        b, shape = self._check(pose, shape)
         rest_base, rest_frames = self.rest_model(shape, pose)
         transforms = self.skinning_transforms(pose, rest_frames)
         rest = self.subdivide(rest_base) if self.subdivision.levels else rest_base
@@ -209,17 +202,53 @@ class HandModel(torch.nn.Module):
                 raise ValueError(f"displacement must have {rest.shape[1]} values per frame, got {got}")
             rest = rest + displacement.reshape(-1, rest.shape[1], 1) * vertex_normals(rest, self.faces)
         keypoints = self.model_keypoints(transforms, rest_frames, rest_base, shape)
-        rotation = axis_angle_to_matrix(global_orient) if global_orient is not None else None
-        if rotation is not None or transl is not None:
-            if rotation is None:
-                rotation = torch.eye(3, dtype=pose.dtype, device=pose.device).expand(b, 3, 3)
-            if transl is None:
-                transl = torch.zeros(b, 3, dtype=pose.dtype, device=pose.device)
-            world = rigid_transform(rotation, transl)  # (B, 4, 4)
+        world = self._world(pose, global_orient, transl)
+        if world is not None:
             transforms = world[:, None] @ transforms
-            keypoints = keypoints @ rotation.transpose(1, 2) + transl[:, None]
+            keypoints = keypoints @ world[:, :3, :3].transpose(1, 2) + world[:, None, :3, 3]
         vertices = linear_blend_skinning(rest, self.skin_weights, transforms)
         return HandOutput(vertices, keypoints, transforms, rest, rest_frames)
+
+    def keypoints(
+        self,
+        pose: Tensor,
+        shape: Tensor | None = None,
+        global_orient: Tensor | None = None,
+        transl: Tensor | None = None,
+    ) -> Tensor:
+        """(B, 21, 3) keypoints only (no skinned mesh); arguments as in ``forward``."""
+        _, shape = self._check(pose, shape)
+        rest_base, rest_frames = self.rest_model(shape, pose)
+        transforms = self.skinning_transforms(pose, rest_frames)
+        keypoints = self.model_keypoints(transforms, rest_frames, rest_base, shape)
+        world = self._world(pose, global_orient, transl)
+        if world is not None:
+            keypoints = keypoints @ world[:, :3, :3].transpose(1, 2) + world[:, None, :3, 3]
+        return keypoints
+
+    def _check(self, pose: Tensor, shape: Tensor | None) -> tuple[int, Tensor]:
+        if pose.dim() != 3 or pose.shape[1:] != (self.num_pose, 3):
+            raise ValueError(f"pose must have shape (B, {self.num_pose}, 3), got {tuple(pose.shape)}")
+        b = pose.shape[0]
+        if shape is None:
+            shape = self.default_shape(1).to(pose)
+        if shape.dim() != 2 or shape.shape[1] != self.num_shape or shape.shape[0] not in (1, b):
+            raise ValueError(f"shape must have shape ({b} or 1, {self.num_shape}), got {tuple(shape.shape)}")
+        return b, shape.expand(b, -1)
+
+    @staticmethod
+    def _world(pose: Tensor, global_orient: Tensor | None, transl: Tensor | None) -> Tensor | None:
+        """(B, 4, 4) model frame -> camera, or None when neither part is given."""
+        if global_orient is None and transl is None:
+            return None
+        b = pose.shape[0]
+        if global_orient is None:
+            rotation = torch.eye(3, dtype=pose.dtype, device=pose.device).expand(b, 3, 3)
+        else:
+            rotation = axis_angle_to_matrix(global_orient)
+        if transl is None:
+            transl = torch.zeros(b, 3, dtype=pose.dtype, device=pose.device)
+        return rigid_transform(rotation, transl)
 
     def facts(self) -> dict:
         """Counts for ``harp info``."""
