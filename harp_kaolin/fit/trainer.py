@@ -265,7 +265,8 @@ class Fitter:
                         if bad >= self.cfg.max_bad_steps:
                             raise FitError(
                                 f"stage {stage.name}: {bad} consecutive steps with non-finite loss or "
-                                f"gradient; stopped. The last good checkpoint is kept at {self.ckpt_dir / CHECKPOINT}. "
+                                f"gradient; stopped. The last good checkpoint is kept at "
+                                f"{self.ckpt_dir / CHECKPOINT}. "
                                 "Lower the learning rates or check the input frames."
                             )
                     else:
