@@ -1,0 +1,1 @@
+"""Fitting: initialization, losses, the staged Adam optimization, and the avatar folder."""
