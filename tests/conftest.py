@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the test log
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEVICES = [
