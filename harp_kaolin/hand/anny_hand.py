@@ -9,8 +9,9 @@ Parameterization (documented for users of ``AvatarParams``):
         identity because the global rotation already moves the whole hand about the wrist.
     shape: (B, 6) logits of anny's phenotypes (gender, age, muscle, weight, height, proportions):
         phenotype = sigmoid(shape), so 0 is anny's mean 0.5 and every value stays in anny's range.
-    global_orient / transl: the rigid map from anny's identity-pose frame (wrist at the origin, fingers
-        along +y, palm towards -x) to camera coordinates.
+    global_orient / transl: the rigid map from anny's identity-pose output frame (the posed hand at zero
+        pose: wrist at the origin, fingers along +y, palm towards -x) to camera coordinates. The bind
+        frames (``rest_joint_frames``) stay in anny's own Z-up body frame, where the rest hand hangs down.
 
 Keypoints ("harp21"): wrist = head of ``wrist.R``; per finger the heads of ``fingerN-1/2/3.R`` and the
 tail of ``fingerN-3.R``. The default rig has no tails, so the rest tails come from the same rig with
