@@ -132,6 +132,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from usd_export import cli_export
+
+    path = cli_export(args.avatar, args.format, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def _export_default(avatar: Path) -> list[Path]:
     """USD export of a fitted avatar folder (avatar.usda + avatar.usdz)."""
     from usd_export import export_avatar_folder
@@ -182,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the avatar folder's checkpoint")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. stages.0.epochs=5")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("export", help="export an avatar folder as USD (usda, usdc, usdz) or glb")
+    p.add_argument("avatar", type=Path, help="avatar folder written by harp fit")
+    p.add_argument(
+        "--format",
+        choices=["usda", "usdc", "usdz", "glb"],
+        default=None,
+        help="default: from --out's extension, else usda",
+    )
+    p.add_argument("--out", type=Path, default=None, help="default: AVATAR/avatar.FORMAT")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="synthesize a sequence, fit it with configs/demo.yaml, export USD")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
