@@ -147,6 +147,65 @@ def _export_default(avatar: Path) -> list[Path]:
     return [export_avatar_folder(avatar, fmt) for fmt in ("usda", "usdz")]
 
 
+def _pick_device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return name
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from harp_kaolin.evaluate import evaluate_avatar
+
+    out = args.out or args.avatar / "evaluation" / args.sequence.name
+    metrics = evaluate_avatar(
+        args.avatar, args.sequence, out, args.mode, args.epochs, _pick_device(args.device), args.resume
+    )
+    if metrics["mode"] == "train":
+        print(f"{args.sequence}: the avatar's training frames, rendered with the fitted parameters")
+    else:
+        print(f"{args.sequence}: new frames; pose-only fit to the masks (shape and appearance frozen)")
+        print(f"  {'iou_init':>22}: {metrics['iou_init']:.4f}  (before the pose fit)")
+        if metrics.get("keypoint_error_mm_init") is not None:
+            print(f"  {'keypoint_error_mm_init':>22}: {metrics['keypoint_error_mm_init']:.4f}")
+    _print_metrics(metrics)
+    print(f"metrics and previews written to {out} (metrics.json, renders/)")
+    return 0
+
+
+def _cmd_refine_pose(args: argparse.Namespace) -> int:
+    from harp_kaolin.posefit import refine_poses
+
+    out = args.out or args.avatar / "refine" / args.sequence.name
+    m = refine_poses(args.avatar, args.sequence, out, args.epochs, _pick_device(args.device), args.resume)
+    print(f"refined poses of {args.sequence} written to {out / 'keypoints.json'} and {out / 'poses.npz'}")
+    print(f"  {'iou':>26}: {m['iou_init']:.4f} -> {m['iou']:.4f}")
+    if m.get("keypoint_error_mm") is not None:
+        for key in ("keypoint_error_mm", "pa_keypoint_error_mm"):
+            before = f"input {m[key + '_input']:.2f}, " if m.get(key + "_input") is not None else ""
+            print(f"  {key:>26}: {before}initialization {m[key + '_init']:.2f} -> refined {m[key]:.2f}")
+    else:
+        print("  (no gt/keypoints.json in the sequence: keypoint error not measured)")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from harp_kaolin.novel import parse_light, render_novel
+
+    light = parse_light(args.light) if args.light else None
+    device = _pick_device(args.device)
+    r = render_novel(
+        args.avatar, args.out, args.orbit, args.poses, light, args.size, args.frame, args.batch, device
+    )
+    print(f"wrote {r['frames']} frames ({r['width']}x{r['height']}) and render.mp4 to {r['out']}")
+    ms, batch = 1000 / r["fps"], r["batch"]
+    print(f"render path: {r['fps']:.2f} frames per second ({ms:.1f} ms per frame, {device}, batch {batch})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harp", description="HARP personalized hand avatars from a monocular RGB video."
@@ -209,11 +268,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="metrics of an avatar on its training sequence or on a new one")
+    p.add_argument("avatar", type=Path, help="avatar folder written by harp fit")
+    p.add_argument("sequence", type=Path, help="the training sequence or a new one of the same hand")
+    p.add_argument("--out", type=Path, default=None, help="default: AVATAR/evaluation/SEQ_NAME")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "train", "test"],
+        default="auto",
+        help="train: SEQ is the training sequence; test: fit poses first; auto: train when frame names match",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the pose-only fit (default 50)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted pose fit")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "refine-pose", help="refine the poses of a new sequence of the same hand with the frozen avatar"
+    )
+    p.add_argument("avatar", type=Path, help="avatar folder written by harp fit")
+    p.add_argument("sequence", type=Path, help="sequence folder with keypoints.json for initialization")
+    p.add_argument("--out", type=Path, default=None, help="default: AVATAR/refine/SEQ_NAME")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the pose fit (default 50)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted refinement")
+    p.set_defaults(func=_cmd_refine_pose)
+
+    p = sub.add_parser("render", help="render novel views, novel poses or new lighting of an avatar")
+    p.add_argument("avatar", type=Path, help="avatar folder written by harp fit")
+    p.add_argument("--out", type=Path, required=True, help="folder for 000000.png ... and render.mp4")
+    p.add_argument("--orbit", type=int, default=None, help="N turntable views of one frame (see --frame)")
+    p.add_argument(
+        "--poses",
+        type=Path,
+        default=None,
+        help="poses .npz/.json with pose (T,P,3) [global_orient (T,3), transl (T,3)], e.g. a params.npz",
+    )
+    p.add_argument("--light", default=None, help="light position x,y,z in camera coordinates (meters)")
+    p.add_argument("--size", type=int, default=None, help="longest image side (default: the fitting size)")
+    p.add_argument("--frame", type=int, default=0, help="frame that --orbit turns and that places --poses")
+    p.add_argument("--batch", type=int, default=1, help="frames per renderer call")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.set_defaults(func=_cmd_render)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (key=value) may follow options: argparse leaves those to parse_known_args' extras.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except KeyboardInterrupt:

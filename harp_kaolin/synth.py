@@ -109,8 +109,7 @@ def synthesize(
     camera = {
         "width": size,
         "height": size,
-        "fx": 1.4 * size,
-        "fy": 1.4 * size,
+        "fx": 2.0 * size, "fy": 2.0 * size,
         "cx": size / 2,
         "cy": size / 2,
     }

@@ -130,7 +130,7 @@ def _optimize(hand, start, shape, k3, k2, camera, cfg: InitConfig, fit_shape: bo
     shape = shape.clone().requires_grad_(fit_shape)
     opt = torch.optim.Adam(params + ([shape] if fit_shape else []), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
-    bar = tqdm(range(cfg.steps), desc=desc, leave=False, unit="step")
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False, unit="step", disable=None)  # None: off without a TTY
     for _ in bar:
         opt.zero_grad()
         loss, _ = _objective(hand, params, shape, k3, k2, camera, cfg)

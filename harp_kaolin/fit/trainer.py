@@ -94,6 +94,7 @@ class Fitter:
         self.perceptual_mode = "none"
         self.state = FitState()
         self.num_frames = t
+        self._on_step = None
 
     @staticmethod
     def initial_params(hand, data: FitData, cfg: FitConfig, init: InitResult) -> AvatarParams:
@@ -202,8 +203,15 @@ class Fitter:
         return ckpt
 
     # ------------------------------------------------------------------------------------ the loop
-    def run(self, resume: bool = False, progress: bool = True) -> FitState:
-        """Run (or continue) all stages. Returns the final state."""
+    def run(self, resume: bool = False, progress: bool = True, on_step=None) -> FitState:
+        """Run (or continue) all stages. Returns the final state.
+
+        Args:
+            resume: continue from the avatar folder's checkpoint when there is one.
+            progress: show a progress bar per stage.
+            on_step: optional callable(FitState) after every step (e.g. to stop a run in tests).
+        """
+        self._on_step = on_step
         from harp_kaolin.perceptual import perceptual_loss_fn
 
         ckpt = self.load_checkpoint() if resume else None
@@ -232,7 +240,7 @@ class Fitter:
             initial=done,
             desc=f"{si + 1}/{len(self.cfg.stages)} {stage.name}",
             unit="step",
-            disable=not progress,
+            disable=None if progress else True,  # None: shown on a terminal, not in logs
             dynamic_ncols=True,
         )
         bad = 0
@@ -273,13 +281,15 @@ class Fitter:
                         bad = 0
                         opt.step()
                     self.state.step = step + 1
+                    if self._on_step is not None:
+                        self._on_step(self.state)
                     bar.update(1)
                     bar.set_postfix(
                         {k: f"{v.item():.4g}" for k, v in terms.items() if k != "total"}
                         | {"total": f"{total_loss.item():.4g}"}
                     )
                 self.state.history.append(
-                    {"stage": stage.name, "epoch": epoch, **{k: float(v) for k, v in terms.items()}}
+                    {"stage": stage.name, "epoch": epoch, **{k: v.item() for k, v in terms.items()}}
                 )
                 self.state.epoch, self.state.step = epoch + 1, 0
                 self.state.seconds[stage.name] = self.state.seconds.get(stage.name, 0.0) + (
