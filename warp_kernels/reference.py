@@ -165,8 +165,8 @@ def _dibr_pixel_centres(height, width, multiplier, dtype, device):
 
 def _dibr_pairs(lo, hi, xs, ys_up, height):
     """Yield (face, row, col) index triples of pixels whose centre is in each half-open box, in chunks."""
-    j0, j1 = torch.searchsorted(xs, lo[:, 0].contiguous()), torch.searchsorted(xs, hi[:, 0].contiguous())
-    k0, k1 = torch.searchsorted(ys_up, lo[:, 1].contiguous()), torch.searchsorted(ys_up, hi[:, 1].contiguous())
+    j0, j1 = (torch.searchsorted(xs, t[:, 0].contiguous()) for t in (lo, hi))
+    k0, k1 = (torch.searchsorted(ys_up, t[:, 1].contiguous()) for t in (lo, hi))
     nw, nh = (j1 - j0).clamp_min(0), (k1 - k0).clamp_min(0)
     count = nw * nh
     ends = torch.cumsum(count, 0)
@@ -176,7 +176,8 @@ def _dibr_pairs(lo, hi, xs, ys_up, height):
         last = max(last, first + 1)
         sel = torch.arange(first, min(last, lo.shape[0]), device=lo.device)
         face = torch.repeat_interleave(sel, count[sel])
-        local = torch.arange(face.shape[0], device=lo.device) - (torch.cumsum(count[sel], 0) - count[sel])[face - first]
+        starts = torch.cumsum(count[sel], 0) - count[sel]
+        local = torch.arange(face.shape[0], device=lo.device) - starts[face - first]
         row = height - 1 - (k0[face] + local // nw[face])
         col = j0[face] + local % nw[face]
         yield face, row, col
@@ -308,7 +309,7 @@ def dibr_rasterization(
     value = value + (c[:, 1] - c[:, 0]).detach() * (w1 - w1.detach())[:, None]
     value = value + (c[:, 2] - c[:, 0]).detach() * (w2 - w2.detach())[:, None]
     out = feats.new_zeros(batch, height * width, feats.shape[-1]).index_put((cb, cp), value)
-    out = out.reshape(batch, height, width, -1)
+    out = out.reshape(batch, height, width, feats.shape[-1])
 
     # soft mask at uncovered pixels
     uncovered = face_idx < 0

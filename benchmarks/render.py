@@ -1,0 +1,196 @@
+"""Time forward + backward of the full HARP render (texture, normal map, shadows) on the anny hand.
+
+Renders the once-subdivided anny hand, posed and placed ~0.5 m in front of a ``--size`` px camera
+(fx = 1.1 * size), with a 512 x 512 albedo and normal map and shadow-map visibility, then backpropagates
+``sum(image * random weights)`` to the vertices, albedo, normal map and light. The Warp backend and the
+pure-torch twins run in the same process, alternating so that machine load hits both alike; the median
+over ``--repeats`` runs after ``--warmup`` runs is reported (ms per batch, forward + backward).
+
+    python benchmarks/render.py --size 448 --batch 8 --json
+    python benchmarks/render.py --size 448 --batch 8 --profile     # where the Warp backend's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+
+BACKENDS = ("warp", "torch")
+TEXTURE_SIZE = 512  # HARP's albedo and normal map resolution
+
+
+def scene(size: int, batch: int, device: str, seed: int = 0) -> dict:
+    """Posed anny hands ~0.5 m in front of the camera, textures, light and ambient."""
+    from harp_kaolin.hand import load_hand
+
+    hand = load_hand("anny", subdivide=1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        pose = 0.25 * torch.randn(batch, hand.num_pose, 3, generator=gen)
+        # Back of the hand towards the camera (+x of anny's frame to -z), fingers up, slight tilts.
+        orient = torch.tensor([0.0, math.pi / 2, 0.0]) + 0.2 * torch.randn(batch, 3, generator=gen)
+        vertices = hand(pose, None, orient, torch.zeros(batch, 3)).vertices
+        centre = (vertices.amin(1) + vertices.amax(1)) / 2
+        vertices = vertices - centre[:, None] + torch.tensor([0.0, 0.0, 0.5])
+    t = torch.linspace(0, 1, TEXTURE_SIZE)
+    pattern = torch.sin(12 * t)[:, None] * torch.cos(9 * t)[None]  # (Ht, Wt) smooth skin-like variation
+    albedo = torch.stack([0.6 + 0.2 * pattern, 0.45 + 0.1 * pattern, 0.4 + 0.05 * pattern])[None]
+    tilt = 0.2 * torch.randn(1, 2, TEXTURE_SIZE, TEXTURE_SIZE, generator=gen)
+    normal = torch.nn.functional.normalize(
+        torch.cat([tilt, torch.ones(1, 1, TEXTURE_SIZE, TEXTURE_SIZE)], 1), dim=1
+    )
+    camera = {
+        "width": size,
+        "height": size,
+        "fx": 1.1 * size,
+        "fy": 1.1 * size,
+        "cx": size / 2,
+        "cy": size / 2,
+    }
+    return {
+        "hand": hand,
+        "camera": camera,
+        "vertices": vertices.to(device),
+        "albedo": albedo.contiguous().to(device),
+        "normal": normal.to(device),
+        "light": torch.tensor([0.15, -0.2, 0.1], device=device),
+        "ambient": torch.tensor([-0.5], device=device),
+        "weights": torch.rand(batch, size, size, 3, generator=gen).to(device),
+    }
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(renderer, s: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward + backward; returns the image and the gradients."""
+    leaves = {
+        k: s[k].detach().clone().requires_grad_(True) for k in ("vertices", "albedo", "normal", "light")
+    }
+    out = renderer(leaves["vertices"], leaves["albedo"], leaves["normal"], leaves["light"], s["ambient"])
+    (out.image * s["weights"]).sum().backward()
+    return out.image.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def time_ms(fn, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def profile(renderer, s: dict, top: int = 15) -> dict[str, float]:
+    """Self time (ms) of the most expensive operators of one forward + backward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(renderer, s)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {e.key: round(e.self_cpu_time_total / 1000.0, 2) for e in rows}
+
+
+def run(
+    size: int, batch: int, device: str, repeats: int, warmup: int, torch_repeats: int, shadows: bool
+) -> dict:
+    from harp_kaolin.render import Renderer
+
+    s = scene(size, batch, device)
+    hand = s["hand"]
+    renderers = {
+        b: Renderer(s["camera"], hand.faces, hand.face_uvs, hand.uvs, backend=b, shadows=shadows).to(device)
+        for b in BACKENDS
+    }
+    counts = {"warp": repeats, "torch": torch_repeats}
+    times = {b: [] for b in BACKENDS}
+    for i in range(warmup + max(counts.values())):
+        for backend in BACKENDS if i % 2 == 0 else BACKENDS[::-1]:
+            if i >= warmup + counts[backend]:
+                continue
+            ms = time_ms(lambda b=backend: step(renderers[b], s), device)
+            if i >= warmup:
+                times[backend].append(ms)
+    (img_w, grad_w), (img_t, grad_t) = (step(renderers[b], s) for b in BACKENDS)
+    median = {b: statistics.median(times[b]) for b in BACKENDS}
+    with torch.no_grad():
+        out = renderers["warp"](s["vertices"], s["albedo"], s["normal"], s["light"], s["ambient"])
+    covered = float((out.face_idx >= 0).float().mean())
+    return {
+        "warp_ms": round(median["warp"], 2),
+        "torch_ms": round(median["torch"], 2),
+        "speedup": round(median["torch"] / median["warp"], 2),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "mesh": "anny hand, subdivide=1",
+        "size": size,
+        "batch": batch,
+        "vertices": int(s["vertices"].shape[1]),
+        "faces": int(hand.faces.shape[0]),
+        "texture_size": TEXTURE_SIZE,
+        "shadows": shadows,
+        "covered_fraction": round(covered, 4),
+        "repeats": {"warp": repeats, "torch": torch_repeats},
+        "warmup": warmup,
+        "warp_runs_ms": [round(t, 1) for t in times["warp"]],
+        "torch_runs_ms": [round(t, 1) for t in times["torch"]],
+        "image_max_abs_diff": float((img_w - img_t).abs().max()),
+        "grad_rel_diff": {
+            k: float((grad_w[k] - grad_t[k]).norm() / grad_t[k].norm().clamp_min(1e-12)) for k in grad_w
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=448, help="image width and height, pixels")
+    parser.add_argument("--batch", type=int, default=8, help="frames per call")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=5, help="timed Warp runs (median reported)")
+    parser.add_argument("--torch-repeats", type=int, default=3, help="timed runs of the (slow) torch twins")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (kernel loading, caches)")
+    parser.add_argument("--no-shadows", action="store_true", help="V = 1 (no shadow map)")
+    parser.add_argument("--profile", action="store_true", help="also report the Warp backend's top operators")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if min(args.size, args.batch, args.repeats, args.torch_repeats) < 1 or args.warmup < 0:
+        parser.error("--size, --batch, --repeats and --torch-repeats must be >= 1, --warmup >= 0")
+
+    import warp as wp
+
+    wp.config.log_level = wp.LOG_WARNING  # keep stdout to the result
+    shadows = not args.no_shadows
+    result = run(args.size, args.batch, args.device, args.repeats, args.warmup, args.torch_repeats, shadows)
+    if args.profile:
+        from harp_kaolin.render import Renderer
+
+        s = scene(args.size, args.batch, args.device)
+        hand = s["hand"]
+        renderer = Renderer(s["camera"], hand.faces, hand.face_uvs, hand.uvs, shadows=shadows).to(args.device)
+        result["warp_profile_self_ms"] = profile(renderer, s)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['mesh']}: {args.size}x{args.size}, B={args.batch}, F={result['faces']}, {args.device}"
+        )
+        print(f"  warp  {result['warp_ms']:10.1f} ms / batch (forward + backward)")
+        print(f"  torch {result['torch_ms']:10.1f} ms / batch")
+        print(f"  speedup {result['speedup']:.1f}x; image max |diff| {result['image_max_abs_diff']:.2e}")
+        for name, ms in result.get("warp_profile_self_ms", {}).items():
+            print(f"    {ms:9.1f} ms  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""DIB-R rasterization front end: one function, three interchangeable backends.
+
+``backend="warp"`` (default) runs :mod:`warp_kernels.raster` on CPU or CUDA, ``"torch"`` its pure-torch
+twin, ``"kaolin"`` NVIDIA Kaolin's own ``dibr_rasterization`` (CUDA only). All three share Kaolin v0.18's
+semantics (see DESIGN.md, "Conventions"), so switching backend changes nothing but speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from warp_kernels.raster import check_dibr_inputs
+from warp_kernels.raster import dibr_rasterization as warp_dibr_rasterization
+from warp_kernels.reference import dibr_rasterization as torch_dibr_rasterization
+
+BACKENDS = ("warp", "torch", "kaolin")
+KAOLIN_INSTALL_HINT = (
+    "Kaolin's wheels are not on PyPI (its PyPI entry is a placeholder): install a CUDA build matching your "
+    "torch, e.g. `pip install kaolin==0.18.0 -f https://nvidia-kaolin.s3.us-east-2.amazonaws.com/"
+    "torch-<TORCH_VERSION>_cu<CUDA_VERSION>.html`, or use backend='warp' (same results, CPU and CUDA)"
+)
+
+
+@dataclass(frozen=True)
+class RasterOutput:
+    """What the rasterizer produces for a batch of B images of H x W pixels.
+
+    Attributes:
+        features: (B, H, W, D) screen-space interpolated face-vertex features, zero on background;
+            a list/tuple of (B, H, W, D_i) when the features were given as a list/tuple.
+        soft_mask: (B, H, W) DIB-R soft silhouette in [0, 1] (1 on covered pixels).
+        face_idx: (B, H, W) int64 index of the visible face, -1 on background.
+    """
+
+    features: Tensor | list[Tensor] | tuple[Tensor, ...]
+    soft_mask: Tensor
+    face_idx: Tensor
+
+    def __iter__(self):
+        """Unpack like Kaolin's tuple: ``features, soft_mask, face_idx = rasterize(...)``."""
+        return iter((self.features, self.soft_mask, self.face_idx))
+
+
+def _kaolin_dibr(
+    height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z, **kwargs
+):
+    try:
+        from kaolin.render.mesh import dibr_rasterization
+    except (ImportError, OSError) as err:
+        raise RuntimeError(f"backend='kaolin' needs NVIDIA Kaolin, which could not be imported ({err}). "
+                           f"{KAOLIN_INSTALL_HINT}") from err  # fmt: skip
+    if not face_vertices_image.is_cuda:
+        raise RuntimeError(
+            "backend='kaolin' runs only on CUDA tensors (Kaolin's DIB-R kernels are CUDA-only), got "
+            f"face_vertices_image on {face_vertices_image.device}; move the inputs to CUDA or use "
+            "backend='warp'"
+        )
+    features, soft_mask, face_idx = dibr_rasterization(
+        height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z, **kwargs
+    )
+    if isinstance(face_features, list):  # Kaolin returns a tuple for a list input
+        features = list(features)
+    return features, soft_mask, face_idx
+
+
+def rasterize(
+    height: int,
+    width: int,
+    face_vertices_z: Tensor,
+    face_vertices_image: Tensor,
+    face_features: Tensor | list[Tensor],
+    face_normals_z: Tensor,
+    backend: str = "warp",
+    **dibr_kwargs,
+) -> RasterOutput:
+    """DIB-R rasterization (Kaolin v0.18 ``dibr_rasterization``) with a selectable backend.
+
+    Args:
+        height: image height H in pixels.
+        width: image width W in pixels.
+        face_vertices_z: (B, F, 3) depth per face vertex; the largest interpolated value is visible
+            (see :func:`harp_kaolin.render.camera.face_inputs`).
+        face_vertices_image: (B, F, 3, 2) NDC positions in [-1, 1], y up.
+        face_features: (B, F, 3, D) per face-vertex features, or a list of (B, F, 3, D_i).
+        face_normals_z: (B, F); faces with negative values are not drawn.
+        backend: "warp" (default), "torch" or "kaolin" (CUDA tensors and a real Kaolin install).
+        **dibr_kwargs: sigmainv, boxlen, knum, multiplier, eps (Kaolin's defaults 7000, 0.02, 30, 1000, 1e-8).
+
+    Returns:
+        RasterOutput with features (B, H, W, D), soft_mask (B, H, W) and face_idx (B, H, W).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    unknown = set(dibr_kwargs) - {"sigmainv", "boxlen", "knum", "multiplier", "eps"}
+    if unknown:
+        raise ValueError(
+            f"unknown DIB-R arguments {sorted(unknown)}; expected sigmainv, boxlen, knum, multiplier, eps"
+        )
+    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
+    check_dibr_inputs(*args, dibr_kwargs.get("knum", 30))
+    if backend == "warp":
+        result = warp_dibr_rasterization(*args, **dibr_kwargs)
+    elif backend == "torch":
+        result = torch_dibr_rasterization(*args, **dibr_kwargs)
+    else:
+        result = _kaolin_dibr(*args, **dibr_kwargs)
+    return RasterOutput(*result)

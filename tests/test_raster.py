@@ -1,0 +1,311 @@
+"""DIB-R rasterization: Warp kernels vs the pure-torch twin, gradients, analytic cases, backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import warp_kernels.raster as raster
+from harp_kaolin.render import RasterOutput, rasterize
+from tests.conftest import DEVICES
+from warp_kernels.raster import dibr_rasterization as warp_dibr
+from warp_kernels.reference import dibr_rasterization as torch_dibr
+
+FORWARD_TOL = 1e-5  # features and soft mask, Warp vs twin (float32)
+GRAD_RTOL = 1e-4  # gradients, Warp vs twin, relative to the largest gradient entry (float32)
+GRADCHECK_ATOL = 1e-5  # float64 finite differences
+GRADCHECK_RTOL = 1e-3
+EDGE_MARGIN = 1e-3  # analytic scenes keep pixel centres this far (NDC) from every edge
+IOU_AFTER = 0.85  # silhouette fit: IoU the optimized triangle must reach
+IOU_GAIN = 0.2  # ... and its improvement over the start
+
+# (height, width, knum, boxlen): odd sizes, a truncating knum and Kaolin's defaults
+RANDOM_CASES = [(29, 37, 4, 0.1), (32, 32, 30, 0.02)]
+
+
+def random_scene(batch=2, faces=40, dims=(3,), seed=0, dtype=torch.float32, device="cpu", size=0.3):
+    """Random overlapping triangles of both windings, random depths and front/back flags."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(batch, faces, 1, 2, generator=g) * 1.6 - 0.8
+    fvi = centre + size * torch.randn(batch, faces, 3, 2, generator=g)
+    fvz = torch.rand(batch, faces, 3, generator=g) - 2
+    fnz = torch.randn(batch, faces, generator=g)
+    feats = [torch.rand(batch, faces, 3, d, generator=g) for d in dims]
+    cast = {"dtype": dtype, "device": device}
+    return fvz.to(**cast), fvi.to(**cast), [f.to(**cast) for f in feats], fnz.to(**cast)
+
+
+def pixel_centres_np(height, width):
+    """(H, W) NDC pixel centres x, y (float64), written independently of the kernels."""
+    j, i = np.meshgrid(np.arange(width), np.arange(height))
+    return (2 * j + 1 - width) / width, (height - 2 * i - 1) / height
+
+
+def inside_np(tri, x, y):
+    """Half-plane test of points against a triangle (3, 2), either winding (float64)."""
+    cross = [
+        (tri[(k + 1) % 3, 0] - tri[k, 0]) * (y - tri[k, 1])
+        - (tri[(k + 1) % 3, 1] - tri[k, 1]) * (x - tri[k, 0])
+        for k in range(3)
+    ]
+    return np.all([c > 0 for c in cross], axis=0) | np.all([c < 0 for c in cross], axis=0)
+
+
+def edge_distance_np(tri, x, y):
+    """Distance of points to the triangle's edges (float64)."""
+    best = np.full(np.shape(x), np.inf)
+    for k in range(3):
+        a, b = tri[k], tri[(k + 1) % 3]
+        d = b - a
+        t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1]) / (d @ d), 0, 1)
+        best = np.minimum(best, np.hypot(x - a[0] - t * d[0], y - a[1] - t * d[1]))
+    return best
+
+
+def run_both(height, width, scene, **kwargs):
+    fvz, fvi, feats, fnz = scene
+    return [fn(height, width, fvz, fvi, feats, fnz, **kwargs) for fn in (warp_dibr, torch_dibr)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height,width,knum,boxlen", RANDOM_CASES)
+def test_forward_matches_twin(device, height, width, knum, boxlen):
+    scene = random_scene(dims=(3, 2), device=device)
+    (wf, ws, wi), (tf, ts, ti) = run_both(height, width, scene, knum=knum, boxlen=boxlen)
+    assert isinstance(wf, list) and [f.shape[-1] for f in wf] == [3, 2]
+    assert wi.dtype == torch.int64 and wi.shape == (2, height, width)
+    assert torch.equal(wi, ti)
+    assert 0.1 < (wi >= 0).float().mean() < 0.9  # the scene has both covered and background pixels
+    for a, b in zip(wf, tf):
+        torch.testing.assert_close(a, b, atol=FORWARD_TOL, rtol=0)
+    torch.testing.assert_close(ws, ts, atol=FORWARD_TOL, rtol=0)
+    assert torch.all(ws[wi >= 0] == 1) and torch.all(wf[0][wi < 0] == 0)
+    assert ((ws > 0.01) & (ws < 0.99)).any()  # a real soft border exists
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height,width,knum,boxlen", RANDOM_CASES)
+def test_backward_matches_twin(device, height, width, knum, boxlen):
+    fvz, fvi, feats, fnz = random_scene(dims=(4,), device=device, seed=1)
+    g = torch.Generator().manual_seed(2)
+    up_feat = torch.randn(2, height, width, 4, generator=g).to(device)
+    up_soft = torch.randn(2, height, width, generator=g).to(device)
+    grads = []
+    for fn in (warp_dibr, torch_dibr):
+        vi, ff = fvi.clone().requires_grad_(), feats[0].clone().requires_grad_()
+        out, soft, _ = fn(height, width, fvz, vi, ff, fnz, knum=knum, boxlen=boxlen)
+        ((out * up_feat).sum() + (soft * up_soft).sum()).backward()
+        grads.append((vi.grad, ff.grad))
+    for a, b in zip(*grads):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=GRAD_RTOL * float(b.abs().max()))
+
+
+def test_order_independent_path_matches_sequential(monkeypatch):
+    """The CUDA algorithm (two depth passes, full candidate lists sorted per pixel), run on CPU, gives
+    exactly what the CPU's in-order algorithm gives, gradients included."""
+    fvz, fvi, feats, fnz = random_scene(batch=3, faces=60, seed=3)
+    results = []
+    for sequential in (True, False):
+        monkeypatch.setattr(raster, "SEQUENTIAL_CPU", sequential)
+        vi = fvi.clone().requires_grad_()
+        out, soft, idx = warp_dibr(31, 33, fvz, vi, feats, fnz, knum=3, boxlen=0.1)
+        (out[0].sum() + soft.square().sum()).backward()
+        results.append((out[0], soft, idx, vi.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fn", [warp_dibr, torch_dibr], ids=["warp", "torch"])
+@pytest.mark.parametrize("batch,faces,dim", [(2, 0, 3), (0, 4, 3), (2, 4, 0)])
+def test_empty_inputs(fn, batch, faces, dim):
+    fvz, fvi, feats, fnz = random_scene(batch=batch, faces=faces, dims=(dim,))
+    vi = fvi.clone().requires_grad_()
+    out, soft, idx = fn(8, 9, fvz, vi, feats[0], fnz)
+    assert out.shape == (batch, 8, 9, dim) and soft.shape == idx.shape == (batch, 8, 9)
+    (out.sum() + soft.sum()).backward()
+    assert vi.grad.shape == vi.shape
+
+
+def test_batch_split_over_threads_matches_one_thread():
+    scene = random_scene(batch=5, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = warp_dibr(20, 24, *scene)
+        torch.set_num_threads(3)
+        three = warp_dibr(20, 24, *scene)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[2], three[2]) and torch.equal(one[1], three[1])
+
+
+def tiny_mesh(dtype=torch.float64):
+    """Two front triangles and one back triangle, chosen so no pixel centre is near an edge."""
+    fvi = torch.tensor(
+        [[[[-0.63, -0.52], [0.41, -0.37], [-0.18, 0.58]],
+          [[0.12, 0.08], [0.71, 0.22], [0.33, 0.69]],
+          [[-0.52, 0.23], [-0.77, -0.31], [-0.21, -0.71]]]],
+        dtype=dtype,
+    )  # fmt: skip
+    fvz = torch.tensor([[[-1.0, -1.2, -0.9], [-0.8, -0.7, -0.75], [-1.5, -1.4, -1.3]]], dtype=dtype)
+    fnz = torch.tensor([[1.0, 0.5, -1.0]], dtype=dtype)
+    feats = torch.linspace(-1, 1, 3 * 3 * 2, dtype=dtype).reshape(1, 3, 3, 2).sin()
+    return fvz, fvi, feats, fnz
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fn", [warp_dibr, torch_dibr], ids=["warp", "torch"])
+def test_gradcheck_float64(device, fn):
+    fvz, fvi, feats, fnz = (t.to(device) for t in tiny_mesh())
+    height, width = 11, 13
+    x, y = pixel_centres_np(height, width)
+    for tri in fvi[0].cpu().numpy():  # the op is smooth only away from edges (coverage changes there)
+        assert edge_distance_np(tri, x, y).min() > EDGE_MARGIN
+
+    def render(vi, ff):
+        out, soft, _ = fn(height, width, fvz, vi, ff, fnz, sigmainv=300, boxlen=0.3, knum=3)
+        return out, soft
+
+    inputs = (fvi.clone().requires_grad_(), feats.clone().requires_grad_())
+    assert torch.autograd.gradcheck(render, inputs, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flip", [False, True], ids=["ccw", "cw"])
+def test_triangle_covers_exactly_the_pixel_centres_inside(device, flip):
+    height, width = 23, 31
+    tri = np.array([[-0.74, -0.61], [0.81, -0.26], [-0.06, 0.78]])
+    tri = tri[::-1].copy() if flip else tri
+    x, y = pixel_centres_np(height, width)
+    assert edge_distance_np(tri, x, y).min() > EDGE_MARGIN
+    fvi = torch.tensor(tri, dtype=torch.float32, device=device).reshape(1, 1, 3, 2)
+    fvz = torch.full((1, 1, 3), -1.0, device=device)
+    feats = torch.ones(1, 1, 3, 1, device=device)
+    out = rasterize(height, width, fvz, fvi, feats, torch.ones(1, 1, device=device))
+    expected = inside_np(tri, x, y)
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(out.face_idx[0].cpu().numpy() >= 0, expected)
+    torch.testing.assert_close(
+        out.features[0, ..., 0], torch.as_tensor(expected, dtype=torch.float32, device=device)
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_back_faces_are_culled_but_shape_the_soft_mask(device):
+    height, width = 24, 24
+    tri = [[-0.6, -0.5], [0.6, -0.4], [0.0, 0.6]]
+    fvi = torch.tensor(tri, device=device).reshape(1, 1, 3, 2)
+    fvz = torch.full((1, 1, 3), -1.0, device=device)
+    feats = torch.ones(1, 1, 3, 2, device=device)
+    back = rasterize(height, width, fvz, fvi, feats, torch.full((1, 1), -0.5, device=device), boxlen=0.1)
+    front = rasterize(height, width, fvz, fvi, feats, torch.full((1, 1), 0.0, device=device), boxlen=0.1)
+    assert torch.all(back.face_idx == -1) and torch.all(back.features == 0)
+    assert (front.face_idx == 0).sum() > 50  # face_normals_z == 0 is still drawn
+    # As in Kaolin, every face (back faces too) feeds the soft mask of uncovered pixels.
+    x, y = pixel_centres_np(height, width)
+    d = torch.as_tensor(edge_distance_np(np.array(tri), x, y), dtype=torch.float32, device=device)
+    boxed = torch.as_tensor(
+        (x >= -0.7) & (x < 0.7) & (y >= -0.6) & (y < 0.7), device=device
+    )  # the face's box grown by boxlen
+    expected = torch.where(boxed, torch.exp(-7000 * d.square()), torch.zeros_like(d))
+    torch.testing.assert_close(back.soft_mask[0], expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["warp", "torch"])
+def test_largest_z_wins_then_lowest_index(device, backend):
+    big = [[-0.9, -0.9], [0.9, -0.9], [0.0, 0.9]]
+    small = [[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]]
+    fvi = torch.tensor([big, small, small], device=device)[None]
+    feats = torch.arange(3.0, device=device).reshape(1, 3, 1, 1).expand(1, 3, 3, 1)
+    fnz = torch.ones(1, 3, device=device)
+    centre = (8, 8)  # a pixel inside all three faces
+    for near, expected in ((0, 0), (1, 1), (2, 2)):
+        z = torch.full((1, 3, 3), -2.0, device=device)
+        z[0, near] = -1.0  # larger z = nearer the camera
+        out = rasterize(16, 16, z, fvi, feats, fnz, backend=backend)
+        assert out.face_idx[0, centre[0], centre[1]] == expected
+        assert out.features[0, centre[0], centre[1], 0] == expected
+    tie = rasterize(16, 16, torch.full((1, 3, 3), -1.0, device=device), fvi, feats, fnz, backend=backend)
+    assert tie.face_idx[0, centre[0], centre[1]] == 0
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("backend", ["warp", "torch"])
+def test_silhouette_l1_moves_triangle_onto_target(backend):
+    height = width = 48
+    target_tri = torch.tensor([[[[-0.55, -0.45], [0.6, -0.3], [0.05, 0.65]]]])
+    start_tri = target_tri * 0.7 + torch.tensor([0.2, -0.15])
+    fvz, fnz = torch.full((1, 1, 3), -1.0), torch.ones(1, 1)
+    feats = torch.zeros(1, 1, 3, 1)
+    options = {"sigmainv": 2000, "boxlen": 0.1, "backend": backend}
+    target = rasterize(height, width, fvz, target_tri, feats, fnz, **options).face_idx >= 0
+    verts = start_tri.clone().requires_grad_()
+    before = iou(rasterize(height, width, fvz, verts.detach(), feats, fnz, **options).face_idx >= 0, target)
+    optimizer = torch.optim.Adam([verts], lr=0.01)
+    for _ in range(80):
+        optimizer.zero_grad()
+        soft = rasterize(height, width, fvz, verts, feats, fnz, **options).soft_mask
+        (soft - target.float()).abs().mean().backward()
+        optimizer.step()
+    after = iou(rasterize(height, width, fvz, verts.detach(), feats, fnz, **options).face_idx >= 0, target)
+    assert after > IOU_AFTER and after - before > IOU_GAIN, (before, after)
+
+
+def test_inputs_are_checked_and_named():
+    fvz, fvi, feats, fnz = random_scene(batch=1, faces=3)
+    with pytest.raises(ValueError, match="face_vertices_image must have shape"):
+        warp_dibr(8, 8, fvz, fvi[..., :1], feats, fnz)
+    with pytest.raises(ValueError, match="face_normals_z must have shape"):
+        rasterize(8, 8, fvz, fvi, feats, fnz[:, :2])
+    with pytest.raises(ValueError, match="face_features must have"):
+        rasterize(8, 8, fvz, fvi, feats[0].double(), fnz)
+    with pytest.raises(ValueError, match="height must be a positive int"):
+        rasterize(0, 8, fvz, fvi, feats, fnz)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rasterize(8, 8, fvz, fvi, feats, fnz, backend="opengl")
+    with pytest.raises(ValueError, match="unknown DIB-R arguments"):
+        rasterize(8, 8, fvz, fvi, feats, fnz, sigma=1.0)
+
+
+def test_raster_output_unpacks_like_kaolin():
+    fvz, fvi, feats, fnz = random_scene(batch=1, faces=5)
+    out = rasterize(10, 12, fvz, fvi, feats[0], fnz)
+    assert isinstance(out, RasterOutput)
+    features, soft_mask, face_idx = out
+    assert (
+        features.shape == (1, 10, 12, 3) and soft_mask.shape == (1, 10, 12) and face_idx.shape == (1, 10, 12)
+    )
+
+
+def _real_kaolin_with_cuda() -> str | None:
+    """Why Kaolin parity cannot run here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    try:
+        from kaolin.render.mesh import dibr_rasterization  # noqa: F401
+    except (ImportError, OSError) as err:
+        return f"needs a real NVIDIA Kaolin with CUDA ({err})"
+    return None
+
+
+def test_kaolin_backend_explains_what_is_missing():
+    fvz, fvi, feats, fnz = random_scene(batch=1, faces=3)
+    with pytest.raises(RuntimeError, match="backend='kaolin'"):
+        rasterize(8, 8, fvz, fvi, feats, fnz, backend="kaolin")  # CPU tensors: never runs Kaolin
+
+
+@pytest.mark.skipif(_real_kaolin_with_cuda() is not None, reason=str(_real_kaolin_with_cuda()))
+def test_kaolin_parity():
+    scene = random_scene(batch=2, faces=60, dims=(3,), device="cuda", seed=5)
+    fvz, fvi, feats, fnz = scene
+    ours, theirs = (rasterize(40, 48, fvz, fvi, feats, fnz, backend=b) for b in ("warp", "kaolin"))
+    assert (ours.face_idx != theirs.face_idx).float().mean() < 1e-3  # rounding at edges only
+    same = ours.face_idx == theirs.face_idx
+    torch.testing.assert_close(ours.features[0][same], theirs.features[0][same], atol=FORWARD_TOL, rtol=0)
+    torch.testing.assert_close(ours.soft_mask[same], theirs.soft_mask[same], atol=1e-4, rtol=0)

@@ -1,0 +1,132 @@
+"""Shadow-map visibility: the Warp PCF op against its torch twin, gradients, and occluder geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harp_kaolin.render.shading import light_view, shadow_map, shadow_visibility
+from tests.conftest import DEVICES
+from warp_kernels import reference
+from warp_kernels.shadow import pcf_visibility
+
+FORWARD_TOL = 1e-5  # visibility, warp vs twin (float32)
+BACKWARD_TOL = 1e-3  # gradients, warp vs twin (float32; s = 1000 amplifies rounding)
+SHADOW_TOL = 0.05  # visibility far from a shadow edge: below this in shadow, above 1 - this when lit
+
+
+def random_case(device, dtype=torch.float32, b=2, size=8, n=40, seed=0, spread=0.004):
+    """Depth maps near 0.5 m with texel-scale relief, and points around that depth."""
+    g = torch.Generator().manual_seed(seed)
+    depth_map = 0.5 + spread * torch.rand(b, size, size + 1, generator=g, dtype=dtype)
+    coords = torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([size + 3.0, size + 2.0], dtype=dtype) - 1
+    depth = 0.5 + spread * torch.rand(n, generator=g, dtype=dtype)
+    batch_index = torch.randint(0, b, (n,), generator=g)
+    return depth_map.to(device), coords.to(device), depth.to(device), batch_index.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pcf_forward_matches_twin(device):
+    args = random_case(device)
+    got = pcf_visibility(*args, sharpness=1000.0, bias=0.005)
+    expected = reference.pcf_visibility(*args, sharpness=1000.0, bias=0.005)
+    torch.testing.assert_close(got, expected, atol=FORWARD_TOL, rtol=0)
+    assert got.min() < 0.9 and got.max() > 0.9  # the case really mixes lit and shadowed taps
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spread", [0.004, 0.5])  # 0.5 m: saturated sigmoids must keep finite gradients
+def test_pcf_backward_matches_twin(device, spread):
+    depth_map, coords, depth, batch_index = random_case(device, seed=1, spread=spread)
+    upstream = torch.randn(depth.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    grads = []
+    for fn in (pcf_visibility, reference.pcf_visibility):
+        inputs = [t.clone().requires_grad_() for t in (depth_map, coords, depth)]
+        (fn(*inputs, batch_index, 1000.0, 0.005) * upstream).sum().backward()
+        grads.append([t.grad for t in inputs])
+        assert all(torch.isfinite(t.grad).all() for t in inputs)
+    for got, expected in zip(*grads):
+        scale = expected.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(got / scale, expected / scale, atol=BACKWARD_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pcf_gradcheck(device):
+    depth_map, coords, depth, batch_index = random_case(device, torch.float64, b=2, size=4, n=6, seed=3)
+    inputs = tuple(t.requires_grad_() for t in (depth_map, coords, depth))
+    # A softer sigmoid keeps finite differences (eps 1e-6) well inside the smooth regime.
+    assert torch.autograd.gradcheck(lambda *x: pcf_visibility(*x, batch_index, 100.0, 0.005), inputs)
+
+
+def test_pcf_empty_and_errors():
+    depth_map, coords, depth, batch_index = random_case("cpu", n=0)
+    assert pcf_visibility(depth_map, coords, depth, batch_index).shape == (0,)
+    with pytest.raises(ValueError, match="depth_map"):
+        pcf_visibility(depth_map[0], coords, depth, batch_index)
+    with pytest.raises(ValueError, match="coords"):
+        pcf_visibility(depth_map, coords.double(), depth, batch_index)
+    with pytest.raises(ValueError, match="batch_index"):
+        pcf_visibility(depth_map, coords, depth, batch_index.float())
+
+
+# ----------------------------------------------------------------------------------------- geometry
+def quad(centre, half, z, flip=False):
+    """Two triangles of a square at depth z (camera coordinates), facing the camera (-z)."""
+    cx, cy = centre
+    v = torch.tensor(
+        [[cx - half, cy - half, z], [cx + half, cy - half, z], [cx + half, cy + half, z], [cx - half, cy + half, z]]
+    )
+    f = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    return v, (f[:, [0, 2, 1]] if flip else f)
+
+
+def scene():
+    """A 0.2 m floor at z = 0.6 and a 0.04 m occluder at z = 0.5 straight below a light at the camera."""
+    floor_v, floor_f = quad((0.0, 0.0), 0.1, 0.6)
+    occ_v, occ_f = quad((0.0, 0.0), 0.02, 0.5)
+    verts = torch.cat([floor_v, occ_v])[None]
+    faces = torch.cat([floor_f, occ_f + 4])
+    return verts, faces
+
+
+def facing_faces(verts, faces, view):
+    """Faces oriented so the light view sees their front (the rasterizer culls the others)."""
+    q = view.transform(verts)[0]
+    p = q[:, :2] / q[:, 2:3]
+    a, b, c = p[faces[:, 0]], p[faces[:, 1]], p[faces[:, 2]]
+    e1, e2 = b - a, c - a
+    front = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0  # y down: clockwise on screen = CCW y-up
+    return torch.where(front[:, None], faces, faces[:, [0, 2, 1]])
+
+
+@pytest.mark.parametrize("backend", ["warp", "torch"])
+def test_occluder_casts_shadow(backend):
+    verts, faces = scene()
+    light = torch.tensor([[0.0, 0.0, 0.0]])
+    view = light_view(verts, light, size=64)
+    faces = facing_faces(verts, faces, view)
+    depth_map = shadow_map(verts, faces, view, backend=backend)
+    assert depth_map.shape == (1, 64, 64)
+    assert depth_map.min() > 0.45 and depth_map.min() < 0.55  # the occluder is seen
+    floor_points = torch.tensor([[0.0, 0.0, 0.6], [0.004, -0.003, 0.6], [0.08, 0.0, 0.6], [-0.07, 0.07, 0.6]])
+    occluder_top = torch.tensor([[0.0, 0.0, 0.5]])
+    points = torch.cat([floor_points, occluder_top])
+    vis = shadow_visibility(verts, faces, points, torch.zeros(5, dtype=torch.long), light, size=64, backend=backend)
+    assert vis[:2].max() < SHADOW_TOL  # below the occluder
+    assert vis[2:].min() > 1 - SHADOW_TOL  # outside its shadow, and the occluder itself (no self-shadow)
+
+
+def test_shadow_visibility_gradients_reach_light_and_vertices():
+    verts, faces = scene()
+    light = torch.tensor([[0.0, 0.0, 0.0]])
+    view = light_view(verts, light, size=64)
+    faces = facing_faces(verts, faces, view)
+    verts = verts.clone().requires_grad_()
+    light = torch.tensor([[0.005, 0.0, 0.0]], requires_grad=True)
+    # Points on the floor near the shadow edge, where V is between 0 and 1.
+    points = torch.tensor([[0.024, 0.0, 0.6], [0.0, 0.025, 0.6]])
+    vis = shadow_visibility(verts, faces, points, torch.zeros(2, dtype=torch.long), light, size=64)
+    assert 0.01 < vis.min() and vis.max() < 0.99
+    vis.sum().backward()
+    assert light.grad.abs().sum() > 0
+    assert verts.grad[0, 4:].abs().sum() > 0  # the occluder's vertices (through the depth map)

@@ -1,0 +1,969 @@
+"""DIB-R rasterization (Kaolin ``dibr_rasterization`` v0.18 semantics) with Warp kernels.
+
+Same signature, outputs and gradients as ``kaolin.render.mesh.dibr_rasterization``; its pure-torch twin
+is ``warp_kernels.reference.dibr_rasterization``. Details matched to Kaolin's source
+(``kaolin/render/mesh/{dibr,rasterization}.py``,
+``kaolin/csrc/render/mesh/{rasterization,dibr_soft_mask}_cuda.cu``):
+
+- Coordinates are scaled by ``multiplier`` before every geometric test; pixel centres are
+  ``multiplier / W * (2j + 1 - W)`` and ``multiplier / H * (H - 2i - 1)`` computed in float32 (as
+  Kaolin's kernels do, also for float64 inputs).
+- Hard pass: faces with ``face_normals_z >= 0`` only. A face is tested on a pixel when the pixel centre
+  lies in its half-open bounding box ``[min, max)``; it covers the pixel when its three barycentrics
+  ``w_k = cross_k / (sum cross + copysign(eps, sum cross))`` (multiplied coordinates) are all >= 0, so
+  both windings are drawn. The largest ``z = sum w_k z_k`` wins; ties go to the lowest face index.
+- Features are ``sum w_k f_k``. Gradients follow Kaolin's backward: to the features ``w_k``; to
+  ``face_vertices_image`` the derivative of ``w1 = k1 / (k3 + copysign(eps, k3))``,
+  ``w2 = k2 / (...)``, ``w0 = 1 - w1 - w2`` in NDC units (so ``eps`` acts there in the backward);
+  none to ``face_vertices_z``.
+- Soft mask: covered pixel -> 1 (no gradient). Uncovered pixel -> ``1 - prod_k (1 - exp(-sigmainv d_k^2))``
+  over ALL faces, back faces included, whose bounding box grown by ``boxlen`` contains the pixel centre
+  (half-open, as above); when more than ``knum`` qualify, the ``knum`` lowest face indices are used
+  (Kaolin scans faces in index order and stops at ``knum``). ``d_k^2`` is the smallest of the three
+  squared vertex distances and the squared perpendicular distances to the edges whose foot lies inside
+  the edge, with Kaolin's ``1e-7`` added to each edge's squared length (multiplied units).
+  Its gradient is the exact derivative of that expression (Kaolin's analytic backward).
+
+Decisions (not visible in Kaolin's API):
+
+- When ``face_features`` is a list (or tuple) the features come back in a container of the same type
+  (Kaolin returns a tuple for both).
+- ``copysign(eps, s)`` is taken as ``+eps`` for ``s == -0.0`` (a degenerate face through the pixel
+  centre). On exact distance ties the soft mask may pick another (equally near) edge or vertex than
+  Kaolin for its gradient. Float32 results match Kaolin up to rounding; NaN inputs are undefined.
+- Gradients of the soft mask use ``prod_{l != k} (1 - p_l)`` exactly (Kaolin divides the product by
+  ``1 - p_k + 1e-7``, which differs only when ``p_k`` is ~1).
+
+Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand):
+
+- hard pass: every front face scans the pixels of its bounding box (wide faces: a conservative span per
+  row, 1 pixel margin, before the exact test). On CPU a launch runs its threads in index order, so one
+  pass keeps the first face with the largest z; on CUDA two passes (atomic max of z, then atomic min of
+  the index among faces at that z) give the same answer whatever the thread order.
+- soft pass: faces draw their grown boxes into a difference array whose 2D prefix sum counts the
+  candidates of every pixel; per-pixel CSR lists of face indices are filled face by face. On CPU (index
+  order) a list keeps only its first ``knum`` faces; on CUDA it keeps all and is sorted before use.
+- forward and backward are Warp kernels inside one ``torch.autograd.Function``; the device comes from
+  the input tensors. Warp's CPU kernels are single-threaded but release the GIL, so on CPU the batch is
+  split over ``torch.get_num_threads()`` Python threads.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import warp as wp
+
+# Gradients are written by hand (Kaolin's analytic formulas), so Warp's adjoints are not built; no FMA
+# contraction, so results round like torch's (the twin) and both depth passes agree bit for bit.
+wp.set_module_options({"enable_backward": False, "fuse_fp": False})
+
+_EDGE_EPS = 1e-7  # Kaolin's EPS in dibr_soft_mask_cuda.cu (added to squared edge lengths)
+_NO_FACE = 2**31 - 1
+# CPU launches run their threads in index order, which the CPU path relies on; tests switch this off to
+# run the order-independent path (the CUDA one) on CPU.
+SEQUENTIAL_CPU = True
+_COLUMN_BLOCK = 32  # columns per thread in the vertical prefix sum
+
+
+@wp.func
+def _first_at_least(centres: wp.array(dtype=Any), value: Any, scale: Any):
+    """First index k of the ascending pixel centres ``scale * (2k + 1 - n)`` whose value is >= ``value``."""
+    n = centres.shape[0]
+    t = (value / scale + type(scale)(n - 1)) * type(scale)(0.5)
+    k = wp.clamp(int(wp.ceil(wp.clamp(t, type(scale)(-1.0), type(scale)(n + 1)))), 0, n)
+    # the estimate is off by at most one; settle it with the exact centres
+    while k > 0:
+        if centres[k - 1] < value:
+            break
+        k = k - 1
+    while k < n:
+        if centres[k] >= value:
+            break
+        k = k + 1
+    return k
+
+
+@wp.func
+def _clip_span(alpha: Any, beta: Any, sign: Any, lo: Any, hi: Any):
+    """Narrow [lo, hi] to where sign * (alpha x + beta) >= 0, ignoring near-horizontal edges."""
+    a = alpha * sign
+    if a >= type(a)(1.0):
+        lo = wp.max(lo, -beta / alpha)
+    elif a <= type(a)(-1.0):
+        hi = wp.min(hi, -beta / alpha)
+    return lo, hi
+
+
+@wp.func
+def _crosses(ax: Any, ay: Any, bx: Any, by: Any, cx: Any, cy: Any, x0: Any, y0: Any, eps: Any):
+    """Kaolin's unnormalized barycentrics of pixel (x0, y0) and their eps-shifted sum (multiplied units)."""
+    a_x = ax - x0
+    a_y = ay - y0
+    b_x = bx - x0
+    b_y = by - y0
+    c_x = cx - x0
+    c_y = cy - y0
+    w0 = b_x * c_y - b_y * c_x
+    w1 = c_x * a_y - c_y * a_x
+    w2 = a_x * b_y - a_y * b_x
+    norm = w0 + w1 + w2
+    if norm >= type(norm)(0.0):
+        norm = norm + eps
+    else:
+        norm = norm - eps
+    return w0, w1, w2, norm
+
+
+@wp.func
+def _covers(w0: Any, w1: Any, w2: Any, norm: Any):
+    """Whether all of w_k / norm are >= 0, without dividing."""
+    zero = type(norm)(0.0)
+    if norm > zero:
+        return w0 >= zero and w1 >= zero and w2 >= zero
+    if norm < zero:
+        return w0 <= zero and w1 <= zero and w2 <= zero
+    return False
+
+
+@wp.func
+def _edge_dist2(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, best: Any):
+    """Kaolin's squared distance from (x0, y0) to the line of edge (1, 2) if its foot lies on the edge
+    and it is below ``best``, else ``best``: ``(A x0 + B y0 + C)^2 / (A^2 + B^2 + EPS)``."""
+    ex = x2 - x1
+    ey = y2 - y1
+    along = (x0 - x1) * ex + (y0 - y1) * ey
+    down = ey * ey + ex * ex + type(x0)(_EDGE_EPS)
+    if along < type(x0)(0.0) or along > ex * ex + ey * ey:
+        return best
+    up = ey * x0 - ex * y0 + (x2 * y1 - x1 * y2)
+    if up * up >= best * down:
+        return best
+    return up * up / down
+
+
+@wp.func
+def _soft_dist2(x0: Any, y0: Any, ax: Any, ay: Any, bx: Any, by: Any, cx: Any, cy: Any):
+    """Kaolin's squared distance to a face and its kind: 0-2 edge k -> k+1, 3-5 vertex k - 3.
+
+    Kaolin keeps the first minimum of (edge 0, edge 1, edge 2, vertex 0, vertex 1, vertex 2); this order
+    differs from it only on exact ties (same distance, a measure-zero set of pixels).
+    """
+    best = (x0 - ax) * (x0 - ax) + (y0 - ay) * (y0 - ay)
+    kind = wp.int32(3)
+    d = (x0 - bx) * (x0 - bx) + (y0 - by) * (y0 - by)
+    if d < best:
+        best = d
+        kind = 4
+    d = (x0 - cx) * (x0 - cx) + (y0 - cy) * (y0 - cy)
+    if d < best:
+        best = d
+        kind = 5
+    d = _edge_dist2(x0, y0, ax, ay, bx, by, best)
+    if d < best:
+        best = d
+        kind = 0
+    d = _edge_dist2(x0, y0, bx, by, cx, cy, best)
+    if d < best:
+        best = d
+        kind = 1
+    d = _edge_dist2(x0, y0, cx, cy, ax, ay, best)
+    if d < best:
+        best = d
+        kind = 2
+    return best, kind
+
+
+@wp.func
+def _pixel(p: int, height: int, width: int):
+    """(b, i, j) of flat pixel index p."""
+    b = p // (height * width)
+    r = p - b * height * width
+    i = r // width
+    return b, i, r - i * width
+
+
+@wp.kernel
+def _hard_pass(
+    vim: wp.array(dtype=Any),
+    vz: wp.array(dtype=Any),
+    nz: wp.array(dtype=Any),
+    faces: int,
+    xs: wp.array(dtype=Any),
+    ys_up: wp.array(dtype=Any),
+    x_scale: Any,
+    y_scale: Any,
+    eps: Any,
+    mode: int,
+    zbuf: wp.array(dtype=Any),
+    fidx: wp.array(dtype=wp.int32),
+):
+    """Per face, over the pixels of its box it covers (largest z wins, then the lowest index).
+
+    mode 0: atomic max of z; mode 1: atomic min of the index among faces at that z; mode 2: both at
+    once, only valid for a sequential launch (CPU), where faces come in index order.
+    """
+    t = wp.tid()
+    if not (nz[t] >= type(eps)(0.0)):
+        return
+    b = t // faces
+    f = t - b * faces
+    ax = vim[t * 6]
+    ay = vim[t * 6 + 1]
+    bx = vim[t * 6 + 2]
+    by = vim[t * 6 + 3]
+    cx = vim[t * 6 + 4]
+    cy = vim[t * 6 + 5]
+    az = vz[t * 3]
+    bz = vz[t * 3 + 1]
+    cz = vz[t * 3 + 2]
+    xmin = wp.min(ax, wp.min(bx, cx))
+    xmax = wp.max(ax, wp.max(bx, cx))
+    j0 = _first_at_least(xs, xmin, x_scale)
+    j1 = _first_at_least(xs, xmax, x_scale)
+    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_scale)
+    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_scale)
+    one = type(eps)(1.0)
+    half = type(eps)(0.5)
+    width = xs.shape[0]
+    height = ys_up.shape[0]
+    offset = type(eps)(width - 1)
+    # Wide faces test only a conservative span per row (1 pixel margin); the exact test decides.
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    spans = j1 - j0 > 4 and wp.abs(area) >= one
+    sign = wp.where(area > type(eps)(0.0), one, -one)
+    for k in range(k0, k1):
+        y0 = ys_up[k]
+        row = (b * height + height - 1 - k) * width
+        ja = j0
+        jb = j1
+        if spans:
+            lo, hi = _clip_span(by - cy, bx * (cy - y0) - (by - y0) * cx, sign, xmin, xmax)
+            lo, hi = _clip_span(cy - ay, cx * (ay - y0) - (cy - y0) * ax, sign, lo, hi)
+            lo, hi = _clip_span(ay - by, ax * (by - y0) - (ay - y0) * bx, sign, lo, hi)
+            ja = wp.max(j0, int(wp.floor((lo / x_scale + offset) * half)) - 1)
+            jb = wp.min(j1, int(wp.ceil((hi / x_scale + offset) * half)) + 2)
+        for j in range(ja, jb):
+            w0, w1, w2, norm = _crosses(ax, ay, bx, by, cx, cy, xs[j], y0, eps)
+            if _covers(w0, w1, w2, norm):
+                z = w0 / norm * az + w1 / norm * bz + w2 / norm * cz
+                p = row + j
+                if mode == 2:
+                    if z > zbuf[p]:
+                        zbuf[p] = z
+                        fidx[p] = f
+                elif mode == 0:
+                    wp.atomic_max(zbuf, p, z)
+                elif z == zbuf[p]:
+                    wp.atomic_min(fidx, p, f)
+
+
+@wp.kernel
+def _interpolate(
+    vim: wp.array(dtype=Any),
+    feats: wp.array(dtype=Any),
+    faces: int,
+    dims: int,
+    fidx: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    eps: Any,
+    face_idx: wp.array(dtype=wp.int64),
+    out: wp.array(dtype=Any),
+):
+    """Per pixel: -1 for background, else the features of the winning face (``out`` comes zeroed)."""
+    p = wp.tid()
+    f = fidx[p]
+    if f == _NO_FACE:
+        fidx[p] = -1
+        face_idx[p] = wp.int64(-1)
+        return
+    face_idx[p] = wp.int64(f)
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    v = (b * faces + f) * 6
+    w0, w1, w2, norm = _crosses(
+        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+    )
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
+    c = (b * faces + f) * 3 * dims
+    for d in range(dims):
+        out[p * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+
+
+@wp.func
+def _grown_box(
+    vim: wp.array(dtype=Any),
+    t: int,
+    margin: Any,
+    xs: wp.array(dtype=Any),
+    ys_up: wp.array(dtype=Any),
+    x_scale: Any,
+    y_scale: Any,
+):
+    """Pixels [top, bottom) x [left, right) whose centres lie in face t's box grown by ``margin``."""
+    ax = vim[t * 6]
+    ay = vim[t * 6 + 1]
+    bx = vim[t * 6 + 2]
+    by = vim[t * 6 + 3]
+    cx = vim[t * 6 + 4]
+    cy = vim[t * 6 + 5]
+    left = _first_at_least(xs, wp.min(ax, wp.min(bx, cx)) - margin, x_scale)
+    right = _first_at_least(xs, wp.max(ax, wp.max(bx, cx)) + margin, x_scale)
+    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)) - margin, y_scale)
+    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)) + margin, y_scale)
+    height = ys_up.shape[0]
+    return height - k1, height - k0, left, right
+
+
+@wp.kernel
+def _soft_boxes(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    margin: Any,
+    xs: wp.array(dtype=Any),
+    ys_up: wp.array(dtype=Any),
+    x_scale: Any,
+    y_scale: Any,
+    corners: wp.array(dtype=wp.int32),
+):
+    """Per face: +-1 at the corners of its grown pixel box in a (B, H + 1, W + 1) difference array."""
+    t = wp.tid()
+    top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
+    if top >= bottom or left >= right:
+        return
+    stride = xs.shape[0] + 1
+    base = t // faces * (ys_up.shape[0] + 1) * stride
+    wp.atomic_add(corners, base + top * stride + left, 1)
+    wp.atomic_add(corners, base + top * stride + right, -1)
+    wp.atomic_add(corners, base + bottom * stride + left, -1)
+    wp.atomic_add(corners, base + bottom * stride + right, 1)
+
+
+@wp.kernel
+def _column_prefix(corners: wp.array(dtype=wp.int32), rows: int, columns: int, block: int):
+    """Per image and block of ``block`` columns: running sums down the rows (row-major walk, for caches)."""
+    t = wp.tid()
+    blocks = (columns + block - 1) // block
+    b = t // blocks
+    first = (t - b * blocks) * block
+    last = wp.min(first + block, columns)
+    k = b * rows * columns
+    for _r in range(1, rows):
+        for c in range(first, last):
+            corners[k + columns + c] = corners[k + columns + c] + corners[k + c]
+        k = k + columns
+
+
+@wp.kernel
+def _row_counts(
+    corners: wp.array(dtype=wp.int32),
+    fidx: wp.array(dtype=wp.int32),
+    height: int,
+    width: int,
+    cap: int,
+    count: wp.array(dtype=wp.int32),
+    row_free: wp.array(dtype=wp.int32),
+    row_total: wp.array(dtype=wp.int64),
+    soft: wp.array(dtype=Any),
+):
+    """Per image row: candidate count per uncovered pixel (at most ``cap``), prefix sums of uncovered
+    pixels (``row_free``, W + 1 per row), the row's total count, and the soft mask of covered pixels."""
+    t = wp.tid()
+    b = t // height
+    src = (t + b) * (width + 1)  # row t - b * height of image b in (B, H + 1, W + 1)
+    acc = wp.int32(0)
+    free = wp.int32(0)
+    total = wp.int64(0)
+    row_free[t * (width + 1)] = 0
+    for j in range(width):
+        p = t * width + j
+        acc = acc + corners[src + j]
+        c = wp.int32(0)
+        if fidx[p] < 0:
+            free = free + 1
+            c = wp.min(acc, cap)
+            soft[p] = type(soft[p])(0.0)
+        else:
+            soft[p] = type(soft[p])(1.0)
+        count[p] = c
+        total = total + wp.int64(c)
+        row_free[t * (width + 1) + j + 1] = free
+    row_total[t] = total
+
+
+@wp.kernel
+def _row_offsets(
+    count: wp.array(dtype=wp.int32),
+    row_start: wp.array(dtype=wp.int32),
+    width: int,
+    offsets: wp.array(dtype=wp.int32),
+):
+    """Per image row: CSR offsets of its pixels from the row's start; resets ``count`` for the fill."""
+    t = wp.tid()
+    acc = row_start[t]
+    for j in range(width):
+        p = t * width + j
+        offsets[p] = acc
+        acc = acc + count[p]
+        count[p] = 0
+    offsets[t * width + width] = acc
+
+
+@wp.kernel
+def _soft_fill(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    margin: Any,
+    xs: wp.array(dtype=Any),
+    ys_up: wp.array(dtype=Any),
+    x_scale: Any,
+    y_scale: Any,
+    fidx: wp.array(dtype=wp.int32),
+    row_free: wp.array(dtype=wp.int32),
+    offsets: wp.array(dtype=wp.int32),
+    cap: int,
+    count: wp.array(dtype=wp.int32),
+    lists: wp.array(dtype=wp.int32),
+):
+    """Per face: append its index to the lists of the uncovered pixels of its grown box.
+
+    Keeps at most ``cap`` faces per pixel: the lowest indices when the launch is sequential (CPU).
+    """
+    t = wp.tid()
+    top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
+    b = t // faces
+    f = t - b * faces
+    width = xs.shape[0]
+    for i in range(top, bottom):
+        row = (b * ys_up.shape[0] + i) * width
+        free_row = (b * ys_up.shape[0] + i) * (width + 1)
+        todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
+        j = left
+        while todo > 0:
+            p = row + j
+            if fidx[p] < 0:
+                todo = todo - 1
+                slot = wp.atomic_add(count, p, 1)
+                if slot < cap:
+                    lists[offsets[p] + slot] = f
+            j = j + 1
+
+
+@wp.kernel
+def _soft_forward(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    offsets: wp.array(dtype=wp.int32),
+    lists: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    sigmainv: Any,
+    multiplier: Any,
+    knum: int,
+    probs: wp.array(dtype=Any),
+    kinds: wp.array(dtype=wp.int32),
+    soft: wp.array(dtype=Any),
+):
+    """Per pixel with candidates: sort them by face index, keep ``knum``, soft mask and per-face probs."""
+    p = wp.tid()
+    start = offsets[p]
+    end = offsets[p + 1]
+    if start == end:
+        return
+    # insertion sort: already in index order on CPU (sequential launch), short lists on GPU
+    for a in range(start + 1, end):
+        key = lists[a]
+        c = a - 1
+        while c >= start:
+            if lists[c] <= key:
+                break
+            lists[c + 1] = lists[c]
+            c = c - 1
+        lists[c + 1] = key
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    x0 = xs[j]
+    y0 = ys[i]
+    one = type(sigmainv)(1.0)
+    allprob = one
+    for a in range(start, start + wp.min(end - start, knum)):
+        v = (b * faces + lists[a]) * 6
+        d2, kind = _soft_dist2(x0, y0, vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5])
+        prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
+        probs[a] = prob
+        kinds[a] = kind
+        allprob = allprob * (one - prob)
+    soft[p] = one - allprob
+
+
+@wp.kernel
+def _soft_backward(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    offsets: wp.array(dtype=wp.int32),
+    lists: wp.array(dtype=wp.int32),
+    probs: wp.array(dtype=Any),
+    kinds: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    sigmainv: Any,
+    multiplier: Any,
+    knum: int,
+    grad_soft: wp.array(dtype=Any),
+    grad_vi: wp.array(dtype=Any),
+):
+    """Per pixel with candidates: d soft / d face_vertices_image through each kept candidate's distance."""
+    p = wp.tid()
+    start = offsets[p]
+    keep = wp.min(offsets[p + 1] - start, knum)
+    g_out = grad_soft[p]
+    zero = type(sigmainv)(0.0)
+    if keep == 0 or g_out == zero:
+        return
+    one = type(sigmainv)(1.0)
+    two = type(sigmainv)(2.0)
+    # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0
+    nonzero_prod = one
+    zeros = wp.int32(0)
+    for a in range(start, start + keep):
+        q = one - probs[a]
+        if q == zero:
+            zeros = zeros + 1
+        else:
+            nonzero_prod = nonzero_prod * q
+    if zeros > 1:
+        return
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    x0 = xs[j]
+    y0 = ys[i]
+    for a in range(start, start + keep):
+        prob = probs[a]
+        q = one - prob
+        loo = zero
+        if zeros == 0:
+            loo = nonzero_prod / q
+        elif q == zero:
+            loo = nonzero_prod
+        # NDC gradient = multiplier * gradient in multiplied units
+        coef = -g_out * loo * prob * sigmainv / multiplier
+        if coef == zero:
+            continue
+        v = (b * faces + lists[a]) * 6
+        kind = kinds[a]
+        if kind >= 3:
+            k = v + (kind - 3) * 2
+            wp.atomic_add(grad_vi, k, coef * two * (vim[k] - x0))
+            wp.atomic_add(grad_vi, k + 1, coef * two * (vim[k + 1] - y0))
+        else:
+            k1 = v + kind * 2
+            k2 = v + (kind + 1) % 3 * 2
+            x1 = vim[k1]
+            y1 = vim[k1 + 1]
+            x2 = vim[k2]
+            y2 = vim[k2 + 1]
+            ea = y2 - y1
+            eb = x1 - x2
+            up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
+            down = ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS)
+            d2 = up * up / down
+            dda = two * (x0 * up - d2 * ea) / down
+            ddb = two * (y0 * up - d2 * eb) / down
+            ddc = two * up / down
+            wp.atomic_add(grad_vi, k1, coef * (ddb - y2 * ddc))
+            wp.atomic_add(grad_vi, k1 + 1, coef * (x2 * ddc - dda))
+            wp.atomic_add(grad_vi, k2, coef * (y1 * ddc - ddb))
+            wp.atomic_add(grad_vi, k2 + 1, coef * (dda - x1 * ddc))
+
+
+@wp.kernel
+def _hard_backward(
+    vi: wp.array(dtype=Any),
+    vim: wp.array(dtype=Any),
+    feats: wp.array(dtype=Any),
+    faces: int,
+    dims: int,
+    fidx: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    multiplier: Any,
+    eps: Any,
+    grad_out: wp.array(dtype=Any),
+    need_features: int,
+    grad_vi: wp.array(dtype=Any),
+    grad_feats: wp.array(dtype=Any),
+):
+    """Per covered pixel: Kaolin's analytic gradient of the interpolation (NDC units)."""
+    p = wp.tid()
+    f = fidx[p]
+    if f < 0:
+        return
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    v = (b * faces + f) * 6
+    # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
+    w0, w1, w2, norm = _crosses(
+        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+    )
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
+    zero = type(eps)(0.0)
+    g1 = zero
+    g2 = zero
+    c = (b * faces + f) * 3 * dims
+    for d in range(dims):
+        g = grad_out[p * dims + d]
+        if need_features != 0:
+            wp.atomic_add(grad_feats, c + d, w0 * g)
+            wp.atomic_add(grad_feats, c + dims + d, w1 * g)
+            wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
+        c0 = feats[c + d]
+        g1 = g1 + g * (feats[c + dims + d] - c0)
+        g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
+    if g1 == zero and g2 == zero:
+        return
+    ax = vi[v]
+    ay = vi[v + 1]
+    m = vi[v + 2] - ax
+    p1 = vi[v + 3] - ay
+    n = vi[v + 4] - ax
+    q = vi[v + 5] - ay
+    s = xs[j] / multiplier - ax
+    t = ys[i] / multiplier - ay
+    k1 = s * q - n * t
+    k2 = m * t - s * p1
+    k3 = m * q - n * p1
+    if k3 >= zero:
+        k3 = k3 + eps
+    else:
+        k3 = k3 - eps
+    inv = type(eps)(1.0) / (k3 * k3)
+    # d(w1, w2)/d(m, n, p, q, s, t) with w1 = k1 / k3, w2 = k2 / k3, weighted by g1, g2
+    gm = (g1 * (-q * k1) + g2 * (t * k3 - q * k2)) * inv
+    gn = (g1 * (p1 * k1 - t * k3) + g2 * (p1 * k2)) * inv
+    gp = (g1 * (n * k1) + g2 * (n * k2 - s * k3)) * inv
+    gq = (g1 * (s * k3 - m * k1) + g2 * (-m * k2)) * inv
+    gs = (g1 * q - g2 * p1) * k3 * inv
+    gt = (g2 * m - g1 * n) * k3 * inv
+    wp.atomic_add(grad_vi, v, -(gm + gn + gs))
+    wp.atomic_add(grad_vi, v + 1, -(gp + gq + gt))
+    wp.atomic_add(grad_vi, v + 2, gm)
+    wp.atomic_add(grad_vi, v + 3, gp)
+    wp.atomic_add(grad_vi, v + 4, gn)
+    wp.atomic_add(grad_vi, v + 5, gq)
+
+
+_GENERIC_KERNELS = (_hard_pass, _interpolate, _soft_boxes, _row_counts, _soft_fill)
+_GENERIC_KERNELS += (_soft_forward, _soft_backward, _hard_backward)
+
+
+def _declare_overloads():
+    """Instantiate every generic kernel for float32 and float64 up front: one module build, cached."""
+    for kernel in _GENERIC_KERNELS:
+        for scalar in (wp.float32, wp.float64):
+            types = {}
+            for name, arg in kernel.adj.arg_types.items():
+                if arg is Any:
+                    types[name] = scalar
+                elif wp.types.is_array(arg) and arg.dtype is Any:
+                    types[name] = wp.array(dtype=scalar, ndim=arg.ndim)
+            wp.overload(kernel, types)
+
+
+_declare_overloads()
+
+
+def pixel_centres(height: int, width: int, multiplier: float, dtype: torch.dtype, device) -> tuple:
+    """Kaolin's multiplied pixel centres, computed in float32 like its kernels.
+
+    Returns:
+        xs (W,) increasing with the column, ys (H,) decreasing with the row (y up), in ``dtype``.
+    """
+    m = torch.tensor(multiplier, dtype=torch.float32, device=device)
+    cols = torch.arange(width, device=device, dtype=torch.float32)
+    rows = torch.arange(height, device=device, dtype=torch.float32)
+    xs = (m / width) * (2 * cols + 1 - width)
+    ys = (m / height) * (height - 2 * rows - 1)
+    return xs.to(dtype), ys.to(dtype)
+
+
+def check_dibr_inputs(
+    height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z, knum
+):
+    """Validate ``dibr_rasterization`` arguments; raise ValueError naming the argument."""
+    for name, value in (("height", height), ("width", width), ("knum", knum)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if (
+        not torch.is_tensor(face_vertices_image)
+        or face_vertices_image.ndim != 4
+        or (face_vertices_image.shape[2:] != (3, 2))
+    ):
+        shape = (
+            tuple(face_vertices_image.shape)
+            if torch.is_tensor(face_vertices_image)
+            else type(face_vertices_image)
+        )
+        raise ValueError(f"face_vertices_image must have shape (B, F, 3, 2), got {shape}")
+    batch, faces = face_vertices_image.shape[:2]
+    dtype, device = face_vertices_image.dtype, face_vertices_image.device
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"face_vertices_image must be float32 or float64, got {dtype}")
+    feature_list = face_features if isinstance(face_features, (list, tuple)) else [face_features]
+    if len(feature_list) == 0:
+        raise ValueError("face_features must be a tensor or a non-empty list of tensors, got an empty list")
+    checks = [
+        ("face_vertices_z", face_vertices_z, (batch, faces, 3), "(B, F, 3)"),
+        ("face_normals_z", face_normals_z, (batch, faces), "(B, F)"),
+    ] + [("face_features", t, None, "(B, F, 3, D)") for t in feature_list]
+    for name, tensor, shape, text in checks:
+        if not torch.is_tensor(tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        ok = (
+            tuple(tensor.shape) == shape
+            if shape
+            else tensor.ndim == 4 and tensor.shape[:3] == (batch, faces, 3)
+        )
+        if not ok:
+            raise ValueError(
+                f"{name} must have shape {text} with B={batch}, F={faces}, got {tuple(tensor.shape)}"
+            )
+        if tensor.dtype != dtype:
+            raise ValueError(
+                f"{name} must have the dtype of face_vertices_image ({dtype}), got {tensor.dtype}"
+            )
+        if tensor.device != device:
+            raise ValueError(f"{name} must be on {device} like face_vertices_image, got {tensor.device}")
+
+
+def _wp(t: torch.Tensor):
+    return wp.from_torch(t.contiguous(), requires_grad=False)
+
+
+def _scalar(dtype: torch.dtype, value: float):
+    return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
+
+
+class _Launcher:
+    """Launches on the tensors' device and, on CUDA, on torch's current stream."""
+
+    def __init__(self, device: torch.device):
+        wp.init()  # no-op once initialized; never done at import
+        self.device = wp.device_from_torch(device)
+        self.stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+
+    def __call__(self, kernel, dim, inputs):
+        wp.launch(kernel, dim=dim, inputs=inputs, device=self.device, stream=self.stream)
+
+
+def _hard_search(launch, vim, fvz, fnz, consts):
+    """(B*H*W,) int32 winning face per pixel, ``_NO_FACE`` for background."""
+    xs, _, ys_up, x_scale, y_scale, eps = consts[:6]
+    batch, faces = vim.shape[:2]
+    pixels = batch * ys_up.shape[0] * xs.shape[0]
+    zbuf = torch.full((pixels,), -torch.inf, dtype=vim.dtype, device=vim.device)
+    fidx = torch.full((pixels,), _NO_FACE, dtype=torch.int32, device=vim.device)
+    args = [
+        _wp(vim.view(-1)),
+        _wp(fvz.view(-1)),
+        _wp(fnz.view(-1)),
+        faces,
+        _wp(xs),
+        _wp(ys_up),
+        x_scale,
+        y_scale,
+    ]
+    modes = (2,) if vim.device.type == "cpu" and SEQUENTIAL_CPU else (0, 1)
+    for mode in modes:
+        launch(_hard_pass, batch * faces, [*args, eps, mode, _wp(zbuf), _wp(fidx)])
+    return fidx
+
+
+def _soft_candidates(launch, vim, fidx, soft, consts):
+    """Per uncovered pixel, the faces whose grown box holds it: CSR offsets (B*H*W + 1,) and lists.
+
+    On CPU (sequential launch) each list holds only the ``knum`` lowest face indices, in order; on CUDA
+    it holds them all, in any order, and ``_soft_forward`` sorts it. Also sets ``soft`` to 1 on covered
+    pixels and 0 elsewhere.
+    """
+    xs, _, ys_up, x_scale, y_scale = consts[:5]
+    knum, margin = consts[-2:]
+    batch, faces = vim.shape[:2]
+    height, width, device = ys_up.shape[0], xs.shape[0], vim.device
+    cap = knum if device.type == "cpu" and SEQUENTIAL_CPU else 2**31 - 1
+    boxes = [_wp(vim.view(-1)), faces, _scalar(vim.dtype, margin), _wp(xs), _wp(ys_up), x_scale, y_scale]
+    # faces per pixel: grown boxes drawn into a difference array, then summed down and across
+    corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
+    launch(_soft_boxes, batch * faces, [*boxes, _wp(corners)])
+    blocks = batch * ((width + 1 + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK)
+    launch(_column_prefix, blocks, [_wp(corners), height + 1, width + 1, _COLUMN_BLOCK])
+    count = torch.empty_like(fidx)
+    row_free = torch.empty(batch * height * (width + 1), dtype=torch.int32, device=device)
+    row_total = torch.empty(batch * height, dtype=torch.int64, device=device)
+    rows = [_wp(count), _wp(row_free), _wp(row_total), _wp(soft)]
+    launch(_row_counts, batch * height, [_wp(corners), _wp(fidx), height, width, cap, *rows])
+    total = int(row_total.sum())
+    if total >= 2**31:
+        raise RuntimeError(f"too many soft-mask candidates ({total}); lower boxlen or the resolution")
+    row_start = (row_total.cumsum(0) - row_total).to(torch.int32)
+    offsets = torch.empty(fidx.numel() + 1, dtype=torch.int32, device=device)
+    launch(_row_offsets, batch * height, [_wp(count), _wp(row_start), width, _wp(offsets)])
+    lists = torch.empty(max(total, 1), dtype=torch.int32, device=device)
+    slots = [_wp(offsets), cap, _wp(count), _wp(lists)]
+    launch(_soft_fill, batch * faces, [*boxes, _wp(fidx), _wp(row_free), *slots])
+    return offsets, lists
+
+
+def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, consts):
+    """Whole forward on a batch slice; writes the (views of the) outputs, returns what backward needs."""
+    xs, ys, _, _, _, eps, sigmainv, multiplier, knum, _ = consts
+    faces, dims = vim.shape[1], feats.shape[-1]
+    fidx = _hard_search(launch, vim, fvz, fnz, consts)
+    w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(xs), _wp(ys)
+    args = [w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, eps, _wp(face_idx.view(-1))]
+    launch(_interpolate, fidx.numel(), [*args, _wp(out.view(-1))])
+    soft = soft.view(-1)
+    offsets, lists = _soft_candidates(launch, vim, fidx, soft, consts)
+    probs = torch.empty(lists.shape, dtype=vim.dtype, device=vim.device)
+    kinds = torch.empty_like(lists)
+    args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, sigmainv, multiplier, knum, _wp(probs)]
+    launch(_soft_forward, fidx.numel(), [*args, _wp(kinds), _wp(soft)])
+    return fidx, offsets, lists, probs, kinds
+
+
+def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, consts):
+    """Whole backward on a batch slice, accumulating into (views of) grad_vi and grad_feats."""
+    fvi, vim, feats, fidx, offsets, lists, probs, kinds = saved
+    xs, ys, _, _, _, eps, sigmainv, multiplier, knum, _ = consts
+    faces, dims, pixels = fvi.shape[1], feats.shape[-1], fidx.numel()
+    w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(xs), _wp(ys), _wp(grad_vi.view(-1))
+    if grad_out is not None:
+        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, multiplier]
+        targets = [w_grad_vi, _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
+        args += [eps, _wp(grad_out.view(-1)), int(grad_feats is not None), *targets]
+        launch(_hard_backward, pixels, args)
+    if grad_soft is not None:
+        args = [w_vim, faces, _wp(offsets), _wp(lists), _wp(probs), _wp(kinds), w_xs, w_ys, sigmainv]
+        launch(_soft_backward, pixels, [*args, multiplier, knum, _wp(grad_soft.view(-1)), w_grad_vi])
+
+
+_POOL: list = []  # [ThreadPoolExecutor, its size] once created
+_LOADED: set = set()
+
+
+def _run_parts(device: torch.device, batch: int, job) -> list:
+    """Run ``job(launch, batch_slice)`` on contiguous batch slices.
+
+    Warp's CPU kernels are single-threaded but release the GIL, so on CPU the batch is split over
+    ``torch.get_num_threads()`` Python threads; on CUDA one part covers the whole batch.
+    """
+    launch = _Launcher(device)
+    parts = min(batch, torch.get_num_threads()) if device.type == "cpu" else 1
+    if parts <= 1:
+        return [job(launch, slice(0, batch))]
+    if not _POOL or _POOL[1] < parts:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=parts, thread_name_prefix="dibr"), parts]
+    if device not in _LOADED:  # compile/load once, before threads could race on it
+        wp.load_module(sys.modules[__name__], device=launch.device)
+        _LOADED.add(device)
+    bounds = [round(k * batch / parts) for k in range(parts + 1)]
+    slices = [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
+    return list(_POOL[0].map(lambda sl: job(launch, sl), slices))
+
+
+class _DibrRasterization(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps):
+        dtype, device = fvi.dtype, fvi.device
+        batch = fvi.shape[0]
+        fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
+        fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
+        xs, ys = pixel_centres(height, width, multiplier, dtype, device)
+        scales = (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
+        consts = (
+            xs,
+            ys,
+            ys.flip(0).contiguous(),
+            *(_scalar(dtype, v) for v in scales),
+            knum,
+            boxlen * multiplier,
+        )
+        vim = fvi * multiplier
+        soft = torch.empty((batch, height, width), dtype=dtype, device=device)
+        out = torch.zeros((batch, height, width, feats.shape[-1]), dtype=dtype, device=device)
+        face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
+
+        def job(launch, sl):
+            views = [t[sl] for t in (fvz, vim, feats, fnz, soft, out, face_idx)]
+            return sl.start, _forward_part(launch, *views, consts)
+
+        ctx.parts = dict(_run_parts(device, batch, job))
+        ctx.consts = consts
+        ctx.save_for_backward(fvi, vim, feats)
+        ctx.mark_non_differentiable(face_idx)
+        return out, soft, face_idx
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_soft, _grad_idx):
+        fvi, vim, feats = ctx.saved_tensors
+        need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        grad_vi = torch.zeros_like(fvi)
+        grad_feats = torch.zeros_like(feats) if need_feats else None
+        grad_out = grad_out.contiguous() if grad_out is not None and (need_vi or need_feats) else None
+        grad_soft = grad_soft.contiguous() if grad_soft is not None and need_vi else None
+
+        def job(launch, sl):
+            saved = (fvi[sl], vim[sl], feats[sl], *ctx.parts[sl.start])
+            grads = [None if g is None else g[sl] for g in (grad_out, grad_soft, grad_vi, grad_feats)]
+            _backward_part(launch, saved, *grads, ctx.consts)
+
+        _run_parts(fvi.device, fvi.shape[0], job)
+        return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 6)
+
+
+def dibr_rasterization(
+    height,
+    width,
+    face_vertices_z,
+    face_vertices_image,
+    face_features,
+    face_normals_z,
+    sigmainv=7000,
+    boxlen=0.02,
+    knum=30,
+    multiplier=1000,
+    eps=1e-8,
+):
+    """DIB-R rasterization with Warp kernels (Kaolin v0.18 ``dibr_rasterization`` semantics).
+
+    Args:
+        height: image height H in pixels.
+        width: image width W in pixels.
+        face_vertices_z: (B, F, 3) depth of each face vertex; the largest interpolated value wins.
+        face_vertices_image: (B, F, 3, 2) NDC positions in [-1, 1], y up.
+        face_features: (B, F, 3, D) per-face-vertex features, or a list of (B, F, 3, D_i).
+        face_normals_z: (B, F); faces with a negative value are not drawn (hard pass).
+        sigmainv: soft-mask sharpness.
+        boxlen: NDC margin around each face's bounding box for the soft mask.
+        knum: most faces that influence one uncovered pixel.
+        multiplier: coordinate scale used inside the geometric tests.
+        eps: barycentric normalization epsilon.
+
+    Returns:
+        interpolated_features (B, H, W, D) (a list/tuple of (B, H, W, D_i) for a list/tuple input),
+        soft_mask (B, H, W), face_idx (B, H, W) int64 with -1 for background.
+    """
+    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
+    check_dibr_inputs(*args, knum)
+    is_seq = isinstance(face_features, (list, tuple))
+    feats = torch.cat(list(face_features), dim=-1) if is_seq else face_features
+    out, soft, face_idx = _DibrRasterization.apply(
+        height, width, face_vertices_z, face_vertices_image, feats, face_normals_z,
+        float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
+    )  # fmt: skip
+    if is_seq:
+        out = type(face_features)(out.split([t.shape[-1] for t in face_features], dim=-1))
+    return out, soft, face_idx
