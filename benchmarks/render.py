@@ -87,15 +87,78 @@ def time_ms(fn, device: str) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def profile(renderer, s: dict, top: int = 15) -> dict[str, float]:
-    """Self time (ms) of the most expensive operators of one forward + backward."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+def _timed(fn, inputs: list, device: str) -> tuple[object, float, float]:
+    """Forward of one stage from detached leaves, then backward of random weights of its outputs."""
+    leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
+    _sync(device)
+    start = time.perf_counter()
+    out = fn(*leaves)
+    _sync(device)
+    middle = time.perf_counter()
+    outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+    sum((o * torch.rand_like(o)).sum() for o in outs).backward()
+    _sync(device)
+    return out, (middle - start) * 1000.0, (time.perf_counter() - middle) * 1000.0
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(renderer, s)
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    return {e.key: round(e.self_cpu_time_total / 1000.0, 2) for e in rows}
+
+def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
+    """[forward ms, backward ms] of each step of ``Renderer.forward``, run one by one."""
+    from harp_kaolin.render import renderer as R
+    from harp_kaolin.render.shading import light_view, pcf_visibility, shadow_map
+
+    r, v, b = renderer, s["vertices"], s["vertices"].shape[0]
+    light, ambient = s["light"].expand(b, 3), s["ambient"].expand(b, 1)
+    times = {}
+
+    def stage(name, fn, *inputs):
+        out, fwd, bwd = _timed(fn, list(inputs), device)
+        times[name] = [round(fwd, 1), round(bwd, 1)]
+        return out
+
+    def raster(x):
+        f = R.rasterize_mesh(r.camera, x, r.faces, r.backend)
+        return f.barycentrics, f.soft_mask
+
+    bary, soft = stage("rasterize", raster, v)
+    face_idx = R.rasterize_mesh(r.camera, v.detach(), r.faces, r.backend).face_idx
+    topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.wedge_vertex)
+    normals, tangents = stage(
+        "normals_tangents", lambda x: (lambda f: (f.normals, f.tangents))(R.surface_frames(x, *topology)), v
+    )
+
+    def interpolate(x, w, n, t):
+        p = R.interpolate_pixels(R.Fragments(w, soft, face_idx), x, R.SurfaceFrames(n, t), r.faces, r.uvs,
+                                 r.face_uvs, r.face_wedges, r.signs)  # fmt: skip
+        return p.position, p.uv, p.normal, p.tangent, p.bitangent
+
+    attrs = stage("interpolate", interpolate, v, bary, normals, tangents)
+    pixels = R.Pixels(*R.covered_pixels(face_idx), *(a.detach() for a in attrs))
+    if r.shadows:
+        view = light_view(v, light, r.shadow_size)
+        depth_map = stage("shadow_map", lambda x: shadow_map(x, r.faces, view, r.backend), v)
+
+        def lookup(m, p):
+            coords, depth = view.project(p, pixels.batch_index)
+            return pcf_visibility(
+                m, coords, depth, pixels.batch_index, r.shadow_sharpness, r.shadow_bias, r.backend
+            )
+
+        vis = stage("shadow_lookup", lookup, depth_map, pixels.position).detach()
+    else:
+        vis = None
+
+    def shade(albedo, normal_map, *values):
+        p = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
+        return R.shade_pixels(p, albedo, normal_map, light, ambient, vis)
+
+    colour, _ = stage("shade", shade, s["albedo"], s["normal"], *attrs)
+    stage(
+        "composite_and_loss",
+        lambda c, m: (R.composite_pixels(c, pixels, m) * s["weights"]).sum(),
+        colour,
+        soft,
+    )
+    return times
 
 
 def run(
@@ -158,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-repeats", type=int, default=3, help="timed runs of the (slow) torch twins")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (kernel loading, caches)")
     parser.add_argument("--no-shadows", action="store_true", help="V = 1 (no shadow map)")
-    parser.add_argument("--profile", action="store_true", help="also report the Warp backend's top operators")
+    parser.add_argument("--profile", action="store_true", help="also time each rendering step, both backends")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -176,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
         s = scene(args.size, args.batch, args.device)
         hand = s["hand"]
-        renderer = Renderer(s["camera"], hand.faces, hand.face_uvs, hand.uvs, shadows=shadows).to(args.device)
-        result["warp_profile_self_ms"] = profile(renderer, s)
+        result["stages_ms"] = {}
+        for backend in BACKENDS:
+            r = Renderer(s["camera"], hand.faces, hand.face_uvs, hand.uvs, backend=backend, shadows=shadows)
+            stage_times(r.to(args.device), s, args.device)  # warm-up
+            result["stages_ms"][backend] = stage_times(r, s, args.device)
     if args.json:
         print(json.dumps(result))
     else:
@@ -187,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warp  {result['warp_ms']:10.1f} ms / batch (forward + backward)")
         print(f"  torch {result['torch_ms']:10.1f} ms / batch")
         print(f"  speedup {result['speedup']:.1f}x; image max |diff| {result['image_max_abs_diff']:.2e}")
-        for name, ms in result.get("warp_profile_self_ms", {}).items():
-            print(f"    {ms:9.1f} ms  {name}")
+        for backend, stages in result.get("stages_ms", {}).items():
+            print(f"  {backend} steps, [forward, backward] ms:")
+            for name, ms in stages.items():
+                print(f"    {name:<20} {ms[0]:9.1f} {ms[1]:9.1f}")
     return 0
 
 

@@ -19,7 +19,9 @@ def random_case(device, dtype=torch.float32, b=2, size=8, n=40, seed=0, spread=0
     """Depth maps near 0.5 m with texel-scale relief, and points around that depth."""
     g = torch.Generator().manual_seed(seed)
     depth_map = 0.5 + spread * torch.rand(b, size, size + 1, generator=g, dtype=dtype)
-    coords = torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([size + 3.0, size + 2.0], dtype=dtype) - 1
+    coords = (
+        torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([size + 3.0, size + 2.0], dtype=dtype) - 1
+    )
     depth = 0.5 + spread * torch.rand(n, generator=g, dtype=dtype)
     batch_index = torch.randint(0, b, (n,), generator=g)
     return depth_map.to(device), coords.to(device), depth.to(device), batch_index.to(device)
@@ -70,14 +72,19 @@ def test_pcf_empty_and_errors():
 
 
 # ----------------------------------------------------------------------------------------- geometry
-def quad(centre, half, z, flip=False):
+def quad(centre, half, z):
     """Two triangles of a square at depth z (camera coordinates), facing the camera (-z)."""
     cx, cy = centre
     v = torch.tensor(
-        [[cx - half, cy - half, z], [cx + half, cy - half, z], [cx + half, cy + half, z], [cx - half, cy + half, z]]
+        [
+            [cx - half, cy - half, z],
+            [cx + half, cy - half, z],
+            [cx + half, cy + half, z],
+            [cx - half, cy + half, z],
+        ]
     )
     f = torch.tensor([[0, 1, 2], [0, 2, 3]])
-    return v, (f[:, [0, 2, 1]] if flip else f)
+    return v, f
 
 
 def scene():
@@ -111,7 +118,9 @@ def test_occluder_casts_shadow(backend):
     floor_points = torch.tensor([[0.0, 0.0, 0.6], [0.004, -0.003, 0.6], [0.08, 0.0, 0.6], [-0.07, 0.07, 0.6]])
     occluder_top = torch.tensor([[0.0, 0.0, 0.5]])
     points = torch.cat([floor_points, occluder_top])
-    vis = shadow_visibility(verts, faces, points, torch.zeros(5, dtype=torch.long), light, size=64, backend=backend)
+    vis = shadow_visibility(
+        verts, faces, points, torch.zeros(5, dtype=torch.long), light, size=64, backend=backend
+    )
     assert vis[:2].max() < SHADOW_TOL  # below the occluder
     assert vis[2:].min() > 1 - SHADOW_TOL  # outside its shadow, and the occluder itself (no self-shadow)
 

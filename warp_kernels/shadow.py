@@ -182,23 +182,11 @@ class PCFVisibility(torch.autograd.Function):
     @staticmethod
     def backward(ctx, adj_visibility):
         depth_map, coords, depth, batch_index = ctx.saved_tensors
-        adj_map, adj_coords, adj_depth = (
-            torch.zeros_like(depth_map),
-            torch.empty_like(coords),
-            torch.empty_like(depth),
-        )
+        adj_map = torch.zeros_like(depth_map)  # accumulated with atomics
+        adj_coords, adj_depth = torch.empty_like(coords), torch.empty_like(depth)  # written per point
         if depth.numel():
-            tensors = [
-                depth_map,
-                coords,
-                depth,
-                batch_index,
-                adj_visibility.contiguous(),
-                adj_map,
-                adj_coords,
-                adj_depth,
-            ]
-            _launch(_pcf_backward, tensors, *ctx.constants)
+            adj = [adj_visibility.contiguous(), adj_map, adj_coords, adj_depth]
+            _launch(_pcf_backward, [depth_map, coords, depth, batch_index, *adj], *ctx.constants)
         return adj_map, adj_coords, adj_depth, None, None, None
 
 
@@ -223,6 +211,8 @@ def check_pcf_inputs(depth_map: Tensor, coords: Tensor, depth: Tensor, batch_ind
     for name, t in (("coords", coords), ("depth", depth), ("batch_index", batch_index)):
         if t.device != depth_map.device:
             raise ValueError(f"{name} must be on {depth_map.device} like depth_map, got {t.device}")
+    if n and (int(batch_index.min()) < 0 or int(batch_index.max()) >= depth_map.shape[0]):
+        raise ValueError(f"batch_index must lie in [0, {depth_map.shape[0]}) (the depth_map batch)")
 
 
 def pcf_visibility(

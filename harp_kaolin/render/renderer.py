@@ -147,6 +147,12 @@ def rasterize_mesh(
     return Fragments(barycentrics=out.features, soft_mask=out.soft_mask, face_idx=out.face_idx)
 
 
+def covered_pixels(face_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices (N,) into the (B * H * W) image and batch items (N,) of the pixels with a face."""
+    flat_index = (face_idx.reshape(-1) >= 0).nonzero()[:, 0]
+    return flat_index, flat_index // (face_idx.shape[1] * face_idx.shape[2])
+
+
 def interpolate_pixels(
     fragments: Fragments,
     vertices: Tensor,
@@ -168,8 +174,7 @@ def interpolate_pixels(
         Pixels.
     """
     face_idx = fragments.face_idx
-    flat_index = (face_idx.reshape(-1) >= 0).nonzero()[:, 0]
-    batch_index = flat_index // (face_idx.shape[1] * face_idx.shape[2])
+    flat_index, batch_index = covered_pixels(face_idx)
     face = face_idx.reshape(-1)[flat_index]
     w = fragments.barycentrics.reshape(-1, 3)[flat_index][..., None]  # (N, 3, 1)
 
