@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import warp as wp
@@ -272,16 +272,20 @@ def _interpolate(
     ys: wp.array(dtype=Any),
     eps: Any,
     face_idx: wp.array(dtype=wp.int64),
+    soft: wp.array(dtype=Any),
     out: wp.array(dtype=Any),
 ):
-    """Per pixel: -1 for background, else the features of the winning face (``out`` comes zeroed)."""
+    """Per pixel: face index (-1 for background), soft mask 1 if covered (else 0 for now) and the
+    features of the winning face (``out`` comes zeroed)."""
     p = wp.tid()
     f = fidx[p]
     if f == _NO_FACE:
         fidx[p] = -1
         face_idx[p] = wp.int64(-1)
+        soft[p] = type(eps)(0.0)
         return
     face_idx[p] = wp.int64(f)
+    soft[p] = type(eps)(1.0)
     b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
     w0, w1, w2, norm = _crosses(
@@ -369,10 +373,9 @@ def _row_counts(
     count: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
     row_total: wp.array(dtype=wp.int64),
-    soft: wp.array(dtype=Any),
 ):
     """Per image row: candidate count per uncovered pixel (at most ``cap``), prefix sums of uncovered
-    pixels (``row_free``, W + 1 per row), the row's total count, and the soft mask of covered pixels."""
+    pixels (``row_free``, W + 1 per row) and the row's total count."""
     t = wp.tid()
     b = t // height
     src = (t + b) * (width + 1)  # row t - b * height of image b in (B, H + 1, W + 1)
@@ -387,9 +390,6 @@ def _row_counts(
         if fidx[p] < 0:
             free = free + 1
             c = wp.min(acc, cap)
-            soft[p] = type(soft[p])(0.0)
-        else:
-            soft[p] = type(soft[p])(1.0)
         count[p] = c
         total = total + wp.int64(c)
         row_free[t * (width + 1) + j + 1] = free
@@ -656,13 +656,10 @@ def _hard_backward(
     wp.atomic_add(grad_vi, v + 5, gq)
 
 
-_GENERIC_KERNELS = (_hard_pass, _interpolate, _soft_boxes, _row_counts, _soft_fill)
-_GENERIC_KERNELS += (_soft_forward, _soft_backward, _hard_backward)
-
-
 def _declare_overloads():
     """Instantiate every generic kernel for float32 and float64 up front: one module build, cached."""
-    for kernel in _GENERIC_KERNELS:
+    kernels = [k for k in globals().values() if isinstance(k, wp.Kernel) and k.is_generic]
+    for kernel in kernels:
         for scalar in (wp.float32, wp.float64):
             types = {}
             for name, arg in kernel.adj.arg_types.items():
@@ -697,46 +694,34 @@ def check_dibr_inputs(
     for name, value in (("height", height), ("width", width), ("knum", knum)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if (
-        not torch.is_tensor(face_vertices_image)
-        or face_vertices_image.ndim != 4
-        or (face_vertices_image.shape[2:] != (3, 2))
-    ):
-        shape = (
-            tuple(face_vertices_image.shape)
-            if torch.is_tensor(face_vertices_image)
-            else type(face_vertices_image)
-        )
-        raise ValueError(f"face_vertices_image must have shape (B, F, 3, 2), got {shape}")
-    batch, faces = face_vertices_image.shape[:2]
-    dtype, device = face_vertices_image.dtype, face_vertices_image.device
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"face_vertices_image must be float32 or float64, got {dtype}")
-    feature_list = face_features if isinstance(face_features, (list, tuple)) else [face_features]
-    if len(feature_list) == 0:
+    image = face_vertices_image
+    if not torch.is_tensor(image) or image.ndim != 4 or image.shape[2:] != (3, 2):
+        got = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ValueError(f"face_vertices_image must have shape (B, F, 3, 2), got {got}")
+    if image.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"face_vertices_image must be float32 or float64, got {image.dtype}")
+    batch, faces = image.shape[:2]
+    features = list(face_features) if isinstance(face_features, (list, tuple)) else [face_features]
+    if not features:
         raise ValueError("face_features must be a tensor or a non-empty list of tensors, got an empty list")
-    checks = [
-        ("face_vertices_z", face_vertices_z, (batch, faces, 3), "(B, F, 3)"),
-        ("face_normals_z", face_normals_z, (batch, faces), "(B, F)"),
-    ] + [("face_features", t, None, "(B, F, 3, D)") for t in feature_list]
-    for name, tensor, shape, text in checks:
+    named = [("face_vertices_z", face_vertices_z, "(B, F, 3)"), ("face_normals_z", face_normals_z, "(B, F)")]
+    named += [("face_features", t, "(B, F, 3, D)") for t in features]
+    for name, tensor, text in named:
         if not torch.is_tensor(tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        ok = (
-            tuple(tensor.shape) == shape
-            if shape
-            else tensor.ndim == 4 and tensor.shape[:3] == (batch, faces, 3)
-        )
-        if not ok:
+        lead = (batch, faces) if name == "face_normals_z" else (batch, faces, 3)
+        if tensor.ndim != text.count(",") + 1 or tuple(tensor.shape[: len(lead)]) != lead:
             raise ValueError(
                 f"{name} must have shape {text} with B={batch}, F={faces}, got {tuple(tensor.shape)}"
             )
-        if tensor.dtype != dtype:
+        if tensor.dtype != image.dtype:
             raise ValueError(
-                f"{name} must have the dtype of face_vertices_image ({dtype}), got {tensor.dtype}"
+                f"{name} must have the dtype of face_vertices_image ({image.dtype}), got {tensor.dtype}"
             )
-        if tensor.device != device:
-            raise ValueError(f"{name} must be on {device} like face_vertices_image, got {tensor.device}")
+        if tensor.device != image.device:
+            raise ValueError(
+                f"{name} must be on {image.device} like face_vertices_image, got {tensor.device}"
+            )
 
 
 def _wp(t: torch.Tensor):
@@ -759,42 +744,46 @@ class _Launcher:
         wp.launch(kernel, dim=dim, inputs=inputs, device=self.device, stream=self.stream)
 
 
-def _hard_search(launch, vim, fvz, fnz, consts):
+class _Setup(NamedTuple):
+    """Per-call constants shared by the kernels (Warp scalars in the inputs' dtype)."""
+
+    xs: torch.Tensor  # (W,) multiplied pixel-centre x per column, increasing
+    ys: torch.Tensor  # (H,) multiplied pixel-centre y per row, decreasing (y up)
+    ys_up: torch.Tensor  # ys reversed, increasing
+    x_scale: Any  # multiplier / W: xs[j] = x_scale * (2j + 1 - W)
+    y_scale: Any  # multiplier / H
+    eps: Any
+    sigmainv: Any
+    multiplier: Any
+    knum: int
+    margin: float  # boxlen * multiplier
+
+
+def _hard_search(launch, vim, fvz, fnz, c: _Setup):
     """(B*H*W,) int32 winning face per pixel, ``_NO_FACE`` for background."""
-    xs, _, ys_up, x_scale, y_scale, eps = consts[:6]
     batch, faces = vim.shape[:2]
-    pixels = batch * ys_up.shape[0] * xs.shape[0]
+    pixels = batch * c.ys.shape[0] * c.xs.shape[0]
     zbuf = torch.full((pixels,), -torch.inf, dtype=vim.dtype, device=vim.device)
     fidx = torch.full((pixels,), _NO_FACE, dtype=torch.int32, device=vim.device)
-    args = [
-        _wp(vim.view(-1)),
-        _wp(fvz.view(-1)),
-        _wp(fnz.view(-1)),
-        faces,
-        _wp(xs),
-        _wp(ys_up),
-        x_scale,
-        y_scale,
-    ]
+    mesh = [_wp(vim.view(-1)), _wp(fvz.view(-1)), _wp(fnz.view(-1)), faces]
+    grid = [_wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale, c.eps]
     modes = (2,) if vim.device.type == "cpu" and SEQUENTIAL_CPU else (0, 1)
     for mode in modes:
-        launch(_hard_pass, batch * faces, [*args, eps, mode, _wp(zbuf), _wp(fidx)])
+        launch(_hard_pass, batch * faces, [*mesh, *grid, mode, _wp(zbuf), _wp(fidx)])
     return fidx
 
 
-def _soft_candidates(launch, vim, fidx, soft, consts):
+def _soft_candidates(launch, vim, fidx, c: _Setup):
     """Per uncovered pixel, the faces whose grown box holds it: CSR offsets (B*H*W + 1,) and lists.
 
     On CPU (sequential launch) each list holds only the ``knum`` lowest face indices, in order; on CUDA
-    it holds them all, in any order, and ``_soft_forward`` sorts it. Also sets ``soft`` to 1 on covered
-    pixels and 0 elsewhere.
+    it holds them all, in any order, and ``_soft_forward`` sorts it.
     """
-    xs, _, ys_up, x_scale, y_scale = consts[:5]
-    knum, margin = consts[-2:]
     batch, faces = vim.shape[:2]
-    height, width, device = ys_up.shape[0], xs.shape[0], vim.device
-    cap = knum if device.type == "cpu" and SEQUENTIAL_CPU else 2**31 - 1
-    boxes = [_wp(vim.view(-1)), faces, _scalar(vim.dtype, margin), _wp(xs), _wp(ys_up), x_scale, y_scale]
+    height, width, device = c.ys.shape[0], c.xs.shape[0], vim.device
+    cap = c.knum if device.type == "cpu" and SEQUENTIAL_CPU else 2**31 - 1
+    margin = _scalar(vim.dtype, c.margin)
+    boxes = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
     launch(_soft_boxes, batch * faces, [*boxes, _wp(corners)])
@@ -803,7 +792,7 @@ def _soft_candidates(launch, vim, fidx, soft, consts):
     count = torch.empty_like(fidx)
     row_free = torch.empty(batch * height * (width + 1), dtype=torch.int32, device=device)
     row_total = torch.empty(batch * height, dtype=torch.int64, device=device)
-    rows = [_wp(count), _wp(row_free), _wp(row_total), _wp(soft)]
+    rows = [_wp(count), _wp(row_free), _wp(row_total)]
     launch(_row_counts, batch * height, [_wp(corners), _wp(fidx), height, width, cap, *rows])
     total = int(row_total.sum())
     if total >= 2**31:
@@ -817,61 +806,62 @@ def _soft_candidates(launch, vim, fidx, soft, consts):
     return offsets, lists
 
 
-def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, consts):
+def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup):
     """Whole forward on a batch slice; writes the (views of the) outputs, returns what backward needs."""
-    xs, ys, _, _, _, eps, sigmainv, multiplier, knum, _ = consts
     faces, dims = vim.shape[1], feats.shape[-1]
-    fidx = _hard_search(launch, vim, fvz, fnz, consts)
-    w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(xs), _wp(ys)
-    args = [w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, eps, _wp(face_idx.view(-1))]
-    launch(_interpolate, fidx.numel(), [*args, _wp(out.view(-1))])
+    fidx = _hard_search(launch, vim, fvz, fnz, c)
+    w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     soft = soft.view(-1)
-    offsets, lists = _soft_candidates(launch, vim, fidx, soft, consts)
+    args = [w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
+    launch(_interpolate, fidx.numel(), [*args, _wp(soft), _wp(out.view(-1))])
+    offsets, lists = _soft_candidates(launch, vim, fidx, c)
     probs = torch.empty(lists.shape, dtype=vim.dtype, device=vim.device)
     kinds = torch.empty_like(lists)
-    args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, sigmainv, multiplier, knum, _wp(probs)]
-    launch(_soft_forward, fidx.numel(), [*args, _wp(kinds), _wp(soft)])
+    args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
+    launch(_soft_forward, fidx.numel(), [*args, _wp(probs), _wp(kinds), _wp(soft)])
     return fidx, offsets, lists, probs, kinds
 
 
-def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, consts):
+def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _Setup):
     """Whole backward on a batch slice, accumulating into (views of) grad_vi and grad_feats."""
     fvi, vim, feats, fidx, offsets, lists, probs, kinds = saved
-    xs, ys, _, _, _, eps, sigmainv, multiplier, knum, _ = consts
     faces, dims, pixels = fvi.shape[1], feats.shape[-1], fidx.numel()
-    w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(xs), _wp(ys), _wp(grad_vi.view(-1))
+    w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys), _wp(grad_vi.view(-1))
     if grad_out is not None:
-        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, multiplier]
+        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys]
         targets = [w_grad_vi, _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
-        args += [eps, _wp(grad_out.view(-1)), int(grad_feats is not None), *targets]
+        args += [c.multiplier, c.eps, _wp(grad_out.view(-1)), int(grad_feats is not None), *targets]
         launch(_hard_backward, pixels, args)
     if grad_soft is not None:
-        args = [w_vim, faces, _wp(offsets), _wp(lists), _wp(probs), _wp(kinds), w_xs, w_ys, sigmainv]
-        launch(_soft_backward, pixels, [*args, multiplier, knum, _wp(grad_soft.view(-1)), w_grad_vi])
+        args = [w_vim, faces, _wp(offsets), _wp(lists), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
+        launch(_soft_backward, pixels, [*args, c.multiplier, c.knum, _wp(grad_soft.view(-1)), w_grad_vi])
 
 
 _POOL: list = []  # [ThreadPoolExecutor, its size] once created
 _LOADED: set = set()
 
 
-def _run_parts(device: torch.device, batch: int, job) -> list:
-    """Run ``job(launch, batch_slice)`` on contiguous batch slices.
+def _batch_slices(device: torch.device, batch: int) -> list:
+    """Contiguous batch slices processed in parallel: one per torch thread on CPU, one on CUDA.
 
-    Warp's CPU kernels are single-threaded but release the GIL, so on CPU the batch is split over
-    ``torch.get_num_threads()`` Python threads; on CUDA one part covers the whole batch.
+    Warp's CPU kernels are single-threaded but release the GIL, so CPU slices run on Python threads.
     """
+    parts = max(1, min(batch, torch.get_num_threads())) if device.type == "cpu" else 1
+    bounds = [round(k * batch / parts) for k in range(parts + 1)]
+    return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def _run_parts(device: torch.device, items: list, job) -> list:
+    """``[job(launch, item) for item in items]``, on a thread pool when there are several items."""
     launch = _Launcher(device)
-    parts = min(batch, torch.get_num_threads()) if device.type == "cpu" else 1
-    if parts <= 1:
-        return [job(launch, slice(0, batch))]
-    if not _POOL or _POOL[1] < parts:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=parts, thread_name_prefix="dibr"), parts]
+    if len(items) == 1:
+        return [job(launch, items[0])]
+    if not _POOL or _POOL[1] < len(items):
+        _POOL[:] = [ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="dibr"), len(items)]
     if device not in _LOADED:  # compile/load once, before threads could race on it
         wp.load_module(sys.modules[__name__], device=launch.device)
         _LOADED.add(device)
-    bounds = [round(k * batch / parts) for k in range(parts + 1)]
-    slices = [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
-    return list(_POOL[0].map(lambda sl: job(launch, sl), slices))
+    return list(_POOL[0].map(lambda item: job(launch, item), items))
 
 
 class _DibrRasterization(torch.autograd.Function):
@@ -882,15 +872,10 @@ class _DibrRasterization(torch.autograd.Function):
         fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
         fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
         xs, ys = pixel_centres(height, width, multiplier, dtype, device)
-        scales = (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
-        consts = (
-            xs,
-            ys,
-            ys.flip(0).contiguous(),
-            *(_scalar(dtype, v) for v in scales),
-            knum,
-            boxlen * multiplier,
-        )
+        scalars = [
+            _scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
+        ]
+        setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, knum, boxlen * multiplier)
         vim = fvi * multiplier
         soft = torch.empty((batch, height, width), dtype=dtype, device=device)
         out = torch.zeros((batch, height, width, feats.shape[-1]), dtype=dtype, device=device)
@@ -898,10 +883,10 @@ class _DibrRasterization(torch.autograd.Function):
 
         def job(launch, sl):
             views = [t[sl] for t in (fvz, vim, feats, fnz, soft, out, face_idx)]
-            return sl.start, _forward_part(launch, *views, consts)
+            return sl, _forward_part(launch, *views, setup)
 
-        ctx.parts = dict(_run_parts(device, batch, job))
-        ctx.consts = consts
+        ctx.parts = _run_parts(device, _batch_slices(device, batch), job)
+        ctx.setup = setup
         ctx.save_for_backward(fvi, vim, feats)
         ctx.mark_non_differentiable(face_idx)
         return out, soft, face_idx
@@ -915,12 +900,13 @@ class _DibrRasterization(torch.autograd.Function):
         grad_out = grad_out.contiguous() if grad_out is not None and (need_vi or need_feats) else None
         grad_soft = grad_soft.contiguous() if grad_soft is not None and need_vi else None
 
-        def job(launch, sl):
-            saved = (fvi[sl], vim[sl], feats[sl], *ctx.parts[sl.start])
+        def job(launch, part):
+            sl, lists = part
+            saved = (fvi[sl], vim[sl], feats[sl], *lists)
             grads = [None if g is None else g[sl] for g in (grad_out, grad_soft, grad_vi, grad_feats)]
-            _backward_part(launch, saved, *grads, ctx.consts)
+            _backward_part(launch, saved, *grads, ctx.setup)
 
-        _run_parts(fvi.device, fvi.shape[0], job)
+        _run_parts(fvi.device, ctx.parts, job)
         return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 6)
 
 

@@ -277,7 +277,8 @@ def dibr_rasterization(
     multiplier=1000,
     eps=1e-8,
 ):
-    """Torch twin of ``warp_kernels.raster.dibr_rasterization`` (same arguments and outputs).
+    """Torch twin of ``warp_kernels.raster.dibr_rasterization`` (same arguments, outputs and Kaolin
+    semantics, listed in that module's docstring).
 
     The searches (winning face, soft-mask candidates) run on (pixel, face) pairs of each face's bounding
     box; features and soft mask are then computed from gathered vertices and differentiated by autograd.

@@ -19,7 +19,8 @@ BACKENDS = ("warp", "torch", "kaolin")
 KAOLIN_INSTALL_HINT = (
     "Kaolin's wheels are not on PyPI (its PyPI entry is a placeholder): install a CUDA build matching your "
     "torch, e.g. `pip install kaolin==0.18.0 -f https://nvidia-kaolin.s3.us-east-2.amazonaws.com/"
-    "torch-<TORCH_VERSION>_cu<CUDA_VERSION>.html`, or use backend='warp' (same results, CPU and CUDA)"
+    "torch-<TORCH_VERSION>_cu<CUDA_VERSION>.html` (or conda-forge's kaolin), or use backend='warp' "
+    "(same results, CPU and CUDA)"
 )
 
 
@@ -49,8 +50,8 @@ def _kaolin_dibr(
     try:
         from kaolin.render.mesh import dibr_rasterization
     except (ImportError, OSError) as err:
-        raise RuntimeError(f"backend='kaolin' needs NVIDIA Kaolin, which could not be imported ({err}). "
-                           f"{KAOLIN_INSTALL_HINT}") from err  # fmt: skip
+        message = f"backend='kaolin' needs NVIDIA Kaolin, which could not be imported ({err}). "
+        raise RuntimeError(message + KAOLIN_INSTALL_HINT) from err
     if not face_vertices_image.is_cuda:
         raise RuntimeError(
             "backend='kaolin' runs only on CUDA tensors (Kaolin's DIB-R kernels are CUDA-only), got "
