@@ -126,6 +126,9 @@ def test_fit_sequence_writes_the_avatar_folder(tiny_sequence, tmp_path):
     for key in ("keypoint_error_mm", "pa_keypoint_error_mm", "albedo_psnr", "ms_ssim", "l1", "l1_masked"):
         assert np.isfinite(saved[key]), key
     assert set(saved["seconds"]) >= {"init", "geometry", "joint", "appearance"}
+    assert len(saved["init_residual_mm_per_frame"]) == 4 and all(
+        0 < r < 20 for r in saved["init_residual_mm_per_frame"]
+    )
 
 
 def _edit_keypoints(seq, tmp_path, edit):

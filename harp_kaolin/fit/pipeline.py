@@ -45,12 +45,19 @@ def fit_sequence(
         start = time.perf_counter()
         init = initialize(hand, data.keypoints3d, data.keypoints2d, data.camera, cfg.init)
         seconds["init"] = time.perf_counter() - start
+        res = init.residual * 1000
+        ok = torch.isfinite(res)
+        worst = int(torch.where(ok, res, torch.zeros_like(res)).argmax())
+        print(
+            f"initialization: keypoint residual mean {res[ok].mean():.1f} mm, max {res[worst]:.1f} mm "
+            f"(frame {data.names[worst]}); {int((~ok).sum())} frame(s) without keypoints interpolated"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     fitter = Fitter(hand, data, cfg, init, out_dir)
     state = fitter.run(resume=resume, progress=progress)
     seconds.update(state.seconds)
-    return write_avatar(out_dir, fitter, seq_path, seconds)
+    return write_avatar(out_dir, fitter, seq_path, seconds, init)
 
 
 def render_all(fitter: Fitter, batch: int = 8):
@@ -92,7 +99,7 @@ def preview_strip(image, render, mask=None) -> np.ndarray:
     return np.concatenate([a, b, overlay], axis=1)
 
 
-def write_avatar(out_dir: Path, fitter: Fitter, seq_path, seconds: dict) -> dict:
+def write_avatar(out_dir: Path, fitter: Fitter, seq_path, seconds: dict, init: InitResult) -> dict:
     """params.npz, textures/, metrics.json and renders/ of the avatar folder."""
     from harp_kaolin.evaluate import training_metrics
 
@@ -104,6 +111,8 @@ def write_avatar(out_dir: Path, fitter: Fitter, seq_path, seconds: dict) -> dict
     images, sils = render_all(fitter)
     metrics = training_metrics(images, sils, data, hand, params, seq_path, fitter.perceptual_mode)
     metrics["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    res = (init.residual * 1000).tolist()
+    metrics["init_residual_mm_per_frame"] = [None if r != r else round(r, 3) for r in res]  # r != r: NaN
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     strips = []
     for t, name in enumerate(data.names):
