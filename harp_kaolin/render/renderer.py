@@ -10,6 +10,10 @@ attribute (position, UV, normal, tangent, handedness) is then interpolated with 
 pixels only. This is exactly DIB-R's feature interpolation, but the dense per-pixel tensors stay 3 wide
 and the per-pixel work scales with the hand's pixels, not the image.
 
+Backends: "warp" computes the surface frames, the per-pixel interpolation + texturing + normal mapping +
+Lambert, and the composite in fused Warp kernels (``warp_kernels.shading``); "torch" and "kaolin" use the
+plain torch functions below, which are those kernels' twins (tests/test_fused_shading.py).
+
 Dimension names: B batch, V vertices, F faces, U uv vertices, W wedges, H W image, Ht Wt texture,
 N covered pixels.
 """
@@ -39,6 +43,9 @@ from harp_kaolin.render.texture import (
     wedge_signs,
     wedges,
 )
+from warp_kernels.shading import composite as warp_composite
+from warp_kernels.shading import fused_shade
+from warp_kernels.shading import surface_frames as warp_surface_frames
 
 BACKENDS = ("warp", "torch", "kaolin")
 
@@ -100,21 +107,35 @@ class Pixels:
         flat_index: (N,) long index into the flattened (B * H * W) image.
         batch_index: (N,) long batch item.
         position: (N, 3) camera coordinates; uv: (N, 2); normal, tangent, bitangent: (N, 3), not unit.
+            uv, normal, tangent and bitangent are None from ``interpolate_positions`` (the fused Warp
+            shading interpolates them itself).
     """
 
     flat_index: Tensor
     batch_index: Tensor
     position: Tensor
-    uv: Tensor
-    normal: Tensor
-    tangent: Tensor
-    bitangent: Tensor
+    uv: Tensor | None = None
+    normal: Tensor | None = None
+    tangent: Tensor | None = None
+    bitangent: Tensor | None = None
 
 
 def surface_frames(
-    vertices: Tensor, faces: Tensor, uvs: Tensor, face_uvs: Tensor, face_wedges: Tensor, wedge_vertex: Tensor
+    vertices: Tensor,
+    faces: Tensor,
+    uvs: Tensor,
+    face_uvs: Tensor,
+    face_wedges: Tensor,
+    wedge_vertex: Tensor,
+    backend: str = "torch",
 ) -> SurfaceFrames:
-    """Vertex normals and wedge tangents of posed meshes (vertices (B, V, 3), topology as ``texture``)."""
+    """Vertex normals and wedge tangents of posed meshes (vertices (B, V, 3), topology as ``texture``).
+
+    "warp" runs the Warp kernels of ``warp_kernels.shading``; any other backend the torch twins.
+    """
+    if backend == "warp":
+        normals, tangents = warp_surface_frames(vertices, faces, uvs, face_uvs, face_wedges, wedge_vertex)
+        return SurfaceFrames(normals=normals, tangents=tangents)
     normals = vertex_normals(vertices, faces)
     tangents = vertex_tangents(vertices, normals, faces, uvs, face_uvs, face_wedges, wedge_vertex)
     return SurfaceFrames(normals=normals, tangents=tangents)
@@ -197,6 +218,49 @@ def interpolate_pixels(
         tangent=tangent,
         bitangent=bitangents(normal, tangent, sign[:, 0]),
     )
+
+
+def interpolate_positions(fragments: Fragments, vertices: Tensor, faces: Tensor) -> Pixels:
+    """Covered pixels with only their interpolated positions (the input of ``shade_pixels_fused``)."""
+    flat_index, batch_index = covered_pixels(fragments.face_idx)
+    face = fragments.face_idx.reshape(-1)[flat_index]
+    w = fragments.barycentrics.reshape(-1, 3)[flat_index][..., None]  # (N, 3, 1)
+    rows = (batch_index[:, None] * vertices.shape[1] + faces[face]).reshape(-1)
+    corners = vertices.reshape(-1, 3).index_select(0, rows).reshape(-1, 3, 3)
+    return Pixels(flat_index=flat_index, batch_index=batch_index, position=(corners * w).sum(1))
+
+
+def shade_pixels_fused(
+    fragments: Fragments,
+    pixels: Pixels,
+    frames: SurfaceFrames,
+    faces: Tensor,
+    uvs: Tensor,
+    face_uvs: Tensor,
+    face_wedges: Tensor,
+    signs: Tensor,
+    albedo: Tensor,
+    normal_map: Tensor,
+    light: Tensor,
+    ambient: Tensor,
+    visibility: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``interpolate_pixels`` + ``shade_pixels`` in one Warp kernel (``warp_kernels.shading``).
+
+    Args:
+        fragments: main-pass rasterization; pixels: from ``interpolate_positions``; frames: vertex frames.
+        faces, face_uvs, face_wedges: (F, 3) long; uvs: (U, 2); signs: (W,) wedge handedness.
+        albedo, normal_map, light, ambient, visibility: as ``shade_pixels``.
+
+    Returns:
+        colour (N, 3) and unit shading normals (N, 3).
+    """
+    face = fragments.face_idx.reshape(-1)[pixels.flat_index]
+    return fused_shade(
+        fragments.barycentrics, pixels.flat_index, pixels.batch_index, face, pixels.position, frames.normals,
+        frames.tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light, ambient,
+        visibility,
+    )  # fmt: skip
 
 
 def shade_pixels(
@@ -332,20 +396,29 @@ class Renderer(torch.nn.Module):
         shape = (vertices.shape[0], self.camera.height, self.camera.width)
         frags = rasterize_mesh(self.camera, vertices, self.faces, self.backend, **self.raster_options)
         frames = surface_frames(
-            vertices, self.faces, self.uvs, self.face_uvs, self.face_wedges, self.wedge_vertex
+            vertices, self.faces, self.uvs, self.face_uvs, self.face_wedges, self.wedge_vertex, self.backend
         )
-        pixels = interpolate_pixels(
-            frags, vertices, frames, self.faces, self.uvs, self.face_uvs, self.face_wedges, self.signs
-        )
+        topology = (self.faces, self.uvs, self.face_uvs, self.face_wedges, self.signs)
+        if self.backend == "warp":
+            pixels = interpolate_positions(frags, vertices, self.faces)
+        else:
+            pixels = interpolate_pixels(frags, vertices, frames, *topology)
         vis = None
         if self.shadows:
             vis = shadow_visibility(
                 vertices, self.faces, pixels.position, pixels.batch_index, light, self.shadow_size,
                 self.shadow_sharpness, self.shadow_bias, backend=self.backend,
             )  # fmt: skip
-        colour, normals = shade_pixels(pixels, albedo, normal_map, light, ambient, vis)
+        if self.backend == "warp":
+            colour, normals = shade_pixels_fused(
+                frags, pixels, frames, *topology, albedo, normal_map, light, ambient, vis
+            )
+            image = warp_composite(colour, pixels.flat_index, frags.soft_mask, self._background(colour))
+        else:
+            colour, normals = shade_pixels(pixels, albedo, normal_map, light, ambient, vis)
+            image = composite_pixels(colour, pixels, frags.soft_mask, self._background(colour))
         return RenderOutput(
-            image=composite_pixels(colour, pixels, frags.soft_mask, self._background(colour)),
+            image=image,
             silhouette=frags.soft_mask,
             normals=unpack(normals, pixels, shape),
             visibility=unpack(torch.ones_like(colour[:, 0]) if vis is None else vis, pixels, shape, fill=1.0),

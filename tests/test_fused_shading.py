@@ -1,0 +1,229 @@
+"""Fused Warp shading kernel vs its pure-torch twin (renderer.interpolate_pixels + shade_pixels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harp_kaolin.render.renderer import (
+    Fragments,
+    Pixels,
+    composite_pixels,
+    covered_pixels,
+    interpolate_pixels,
+    shade_pixels,
+    surface_frames,
+)
+from harp_kaolin.render.texture import wedge_signs, wedges
+from tests.conftest import DEVICES
+from warp_kernels.shading import composite as warp_composite
+from warp_kernels.shading import fused_shade
+from warp_kernels.shading import surface_frames as warp_surface_frames
+
+FORWARD_TOL = 1e-5  # float32 colour and normals vs the twin
+GRAD_TOL = 1e-4  # float32 gradients vs the twin (relative, atomics reorder sums)
+GRADCHECK_TOL = 1e-6  # float64 finite differences
+
+
+def scene(device, dtype=torch.float32, n=4, batch=2, size=6, tex=5, seed=0, tex_batch=1):
+    """A bumpy grid in front of the camera, random fragments over it, textures, light and ambient."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
+    grid = torch.stack([xs - 0.5, ys - 0.5, 0.1 * torch.rand(n, n, generator=g) + 1.0], -1).reshape(-1, 3)
+    vertices = grid + 0.02 * torch.randn(batch, n * n, 3, generator=g)
+    uvs = torch.stack([xs, ys], -1).reshape(-1, 2) * 1.2 - 0.1  # a little outside [0, 1]: border clamp
+    idx = torch.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    faces = torch.cat([torch.stack([a, b, d], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    face_uvs = faces.clone()
+    face_idx = torch.randint(-1, faces.shape[0], (batch, size, size), generator=g)
+    bary = torch.rand(batch, size, size, 3, generator=g) + 0.1
+    bary = torch.where(face_idx[..., None] >= 0, bary / bary.sum(-1, keepdim=True), 0.0)
+    normal = torch.cat(
+        [0.3 * torch.randn(tex_batch, 2, tex, tex, generator=g), torch.ones(tex_batch, 1, tex, tex)], 1
+    )
+    wedge_vertex, _, face_wedges = wedges(faces, face_uvs)
+    out = {
+        "vertices": vertices,
+        "bary": bary,
+        "albedo": torch.rand(tex_batch, 3, tex, tex, generator=g),
+        "normal_map": torch.nn.functional.normalize(normal, dim=1),
+        "light": torch.tensor([0.3, -0.4, 0.2]).expand(batch, 3) + 0.1 * torch.randn(batch, 3, generator=g),
+        "ambient": torch.randn(batch, 1, generator=g),
+    }
+    out = {k: v.to(device, dtype) for k, v in out.items()}
+    topo = {"faces": faces, "uvs": uvs, "face_uvs": face_uvs, "face_wedges": face_wedges}
+    topo = {k: v.to(device) for k, v in topo.items()}
+    topo["wedge_vertex"] = wedge_vertex.to(device)
+    topo["signs"] = wedge_signs(uvs, face_uvs, face_wedges, wedge_vertex.shape[0]).to(device)
+    out["face_idx"] = face_idx.to(device)
+    out["visibility_seed"] = torch.rand(int((face_idx >= 0).sum()), generator=g).to(device, dtype)
+    return out, topo
+
+
+def render(backend, s, topo, vertices, bary, albedo, normal_map, light, ambient, visibility):
+    """Colour and shading normals of the covered pixels through either path."""
+    t = topo
+    frames = surface_frames(
+        vertices, t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"]
+    )
+    frags = Fragments(barycentrics=bary, soft_mask=bary[..., 0], face_idx=s["face_idx"])
+    topology = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["signs"])
+    pixels = interpolate_pixels(frags, vertices, frames, *topology)
+    if backend == "torch":
+        return shade_pixels(pixels, albedo, normal_map, light, ambient, visibility)
+    flat_index, batch_index = covered_pixels(s["face_idx"])
+    face = s["face_idx"].reshape(-1)[flat_index]
+    return fused_shade(
+        bary, flat_index, batch_index, face, pixels.position, frames.normals, frames.tangents, t["uvs"],
+        t["signs"], t["faces"], t["face_uvs"], t["face_wedges"], albedo, normal_map, light, ambient,
+        visibility,
+    )  # fmt: skip
+
+
+NAMES = ("vertices", "bary", "albedo", "normal_map", "light", "ambient", "visibility")
+
+
+def leaves(s):
+    values = [s[k] for k in NAMES[:-1]] + [s["visibility_seed"]]
+    return [v.detach().clone().requires_grad_(True) for v in values]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tex_batch", [1, 2])
+@pytest.mark.parametrize("shadows", [True, False])
+def test_forward_matches_torch(device, tex_batch, shadows):
+    s, topo = scene(device, tex_batch=tex_batch)
+    args = leaves(s)
+    if not shadows:
+        args[-1] = None
+    with torch.no_grad():
+        ref = render("torch", s, topo, *args)
+        got = render("warp", s, topo, *args)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tex_batch", [1, 2])
+def test_backward_matches_torch(device, tex_batch):
+    s, topo = scene(device, tex_batch=tex_batch)
+    g = torch.Generator().manual_seed(1)
+    grads = {}
+    for backend in ("torch", "warp"):
+        args = leaves(s)
+        colour, normals = render(backend, s, topo, *args)
+        w_c = torch.randn(colour.shape, generator=g.manual_seed(1)).to(device)
+        w_n = torch.randn(normals.shape, generator=g.manual_seed(2)).to(device)
+        ((colour * w_c).sum() + (normals * w_n).sum()).backward()
+        grads[backend] = [a.grad for a in args]
+    for name, r, w in zip(NAMES, grads["torch"], grads["warp"]):
+        scale = r.abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(w / scale, r / scale, atol=GRAD_TOL, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    s, topo = scene(device, dtype=torch.float64, n=3, batch=1, size=3, tex=3)
+    flat_index, batch_index = covered_pixels(s["face_idx"])
+    face = s["face_idx"].reshape(-1)[flat_index]
+    t = topo
+    frames = surface_frames(
+        s["vertices"], t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"]
+    )
+    position = torch.randn(flat_index.shape[0], 3, dtype=torch.float64, device=device)
+
+    def fn(bary, position, normals, tangents, albedo, normal_map, light, ambient, visibility):
+        return fused_shade(
+            bary, flat_index, batch_index, face, position, normals, tangents, t["uvs"], t["signs"],
+            t["faces"], t["face_uvs"], t["face_wedges"], albedo, normal_map, light, ambient, visibility,
+        )  # fmt: skip
+
+    inputs = [s["bary"], position, frames.normals, frames.tangents, s["albedo"], s["normal_map"]]
+    inputs += [s["light"], s["ambient"], s["visibility_seed"]]
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=GRADCHECK_TOL, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- surface frames
+def frames_both(s, topo, vertices):
+    t = topo
+    args = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"])
+    ref = surface_frames(vertices, *args)
+    return (ref.normals, ref.tangents), warp_surface_frames(vertices, *args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frames_forward_matches_torch(device):
+    s, topo = scene(device)
+    with torch.no_grad():
+        ref, got = frames_both(s, topo, s["vertices"])
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frames_backward_matches_torch(device):
+    s, topo = scene(device)
+    grads = []
+    for which in range(2):
+        v = s["vertices"].detach().clone().requires_grad_(True)
+        normals, tangents = frames_both(s, topo, v)[which]
+        g = torch.Generator().manual_seed(3)
+        w_n = torch.randn(normals.shape, generator=g).to(device)
+        w_t = torch.randn(tangents.shape, generator=g).to(device)
+        ((normals * w_n).sum() + (tangents * w_t).sum()).backward()
+        grads.append(v.grad)
+    scale = grads[0].abs().max()
+    torch.testing.assert_close(grads[1] / scale, grads[0] / scale, atol=GRAD_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frames_gradcheck_float64(device):
+    s, topo = scene(device, dtype=torch.float64, n=3, batch=1)
+    t = topo
+    args = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"])
+    v = s["vertices"].detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: warp_surface_frames(x, *args),
+        (v,),
+        eps=1e-6,
+        atol=GRADCHECK_TOL,
+        rtol=1e-4,
+    )
+
+
+# ------------------------------------------------------------------------------------ composite
+def composite_inputs(device, dtype=torch.float32, seed=0):
+    s, _ = scene(device, dtype=dtype, seed=seed)
+    flat_index, _ = covered_pixels(s["face_idx"])
+    g = torch.Generator().manual_seed(seed + 1)
+    colour = torch.rand(flat_index.shape[0], 3, generator=g).to(device, dtype).requires_grad_(True)
+    mask = torch.rand(s["face_idx"].shape, generator=g).to(device, dtype).requires_grad_(True)
+    return flat_index, colour, mask
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("background", [1.0, (0.2, 0.5, 0.9)])
+def test_composite_matches_torch(device, background):
+    flat_index, colour, mask = composite_inputs(device)
+    pixels = Pixels(flat_index=flat_index, batch_index=flat_index, position=colour)
+    bg = background if isinstance(background, float) else torch.tensor(background, device=device)
+    ref = composite_pixels(colour, pixels, mask, bg)
+    got = warp_composite(colour, flat_index, mask, bg)
+    torch.testing.assert_close(got, ref, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4)).to(device)
+    grads = [torch.autograd.grad((out * w).sum(), (colour, mask)) for out in (ref, got)]
+    for r, g in zip(*grads):
+        torch.testing.assert_close(g, r, atol=GRAD_TOL, rtol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_composite_gradcheck_float64(device):
+    flat_index, colour, mask = composite_inputs(device, dtype=torch.float64)
+    mask = mask[:1, :3, :3].detach().requires_grad_(True)
+    keep = flat_index < 9
+    flat_index, colour = flat_index[keep], colour[keep].detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda c, m: warp_composite(c, flat_index, m, 0.3), (colour, mask), atol=GRADCHECK_TOL
+    )
