@@ -109,7 +109,8 @@ def synthesize(
     camera = {
         "width": size,
         "height": size,
-        "fx": 2.0 * size, "fy": 2.0 * size,
+        "fx": 2.0 * size,
+        "fy": 2.0 * size,
         "cx": size / 2,
         "cy": size / 2,
     }
