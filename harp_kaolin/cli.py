@@ -203,6 +203,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     print(f"wrote {r['frames']} frames ({r['width']}x{r['height']}) and render.mp4 to {r['out']}")
     ms, batch = 1000 / r["fps"], r["batch"]
     print(f"render path: {r['fps']:.2f} frames per second ({ms:.1f} ms per frame, {device}, batch {batch})")
+    if r["frames"] > batch:
+        print(f"  (the first call, {r['first_call_seconds']:.2f} s with kernel loading, is left out)")
     return 0
 
 
@@ -305,9 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="poses .npz/.json with pose (T,P,3) [global_orient (T,3), transl (T,3)], e.g. a params.npz",
     )
-    p.add_argument("--light", default=None, help="light position x,y,z in camera coordinates (meters)")
+    p.add_argument(
+        "--light", default=None, help="light position x,y,z, camera coordinates, meters (--light=-x,y,z)"
+    )
     p.add_argument("--size", type=int, default=None, help="longest image side (default: the fitting size)")
-    p.add_argument("--frame", type=int, default=0, help="frame that --orbit turns and that places --poses")
+    p.add_argument(
+        "--frame", type=int, default=0, help="frame (of --poses or the training frames) to --orbit"
+    )
     p.add_argument("--batch", type=int, default=1, help="frames per renderer call")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.set_defaults(func=_cmd_render)
@@ -328,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as exc:
+        # RuntimeError covers FitError (e.g. a checkpoint that cannot be resumed) and backend errors.
         print(f"harp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,153 @@
+"""`harp render` (novel views, novel poses, relighting) and benchmarks/render_fps.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harp_kaolin.cli import main
+from harp_kaolin.io import read_png
+from tests.test_evaluate import TRAIN_FRAMES, training_poses, write_avatar
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL_M = 1e-5  # meters, float32 rigid transforms
+
+
+@pytest.fixture(scope="module")
+def avatar_dir(tmp_path_factory, anny_hand_sub):
+    return write_avatar(
+        tmp_path_factory.mktemp("render") / "avatar", anny_hand_sub, training_poses(anny_hand_sub)
+    )
+
+
+@pytest.fixture(scope="module")
+def avatar(avatar_dir):
+    from harp_kaolin.avatar import load_avatar
+
+    return load_avatar(avatar_dir)
+
+
+def _training(avatar):
+    from harp_kaolin.novel import Poses
+
+    p = avatar.params
+    return Poses(p.pose.detach(), p.global_orient.detach(), p.transl.detach())
+
+
+def test_orbit_turns_about_the_vertical_axis_through_the_centre(avatar):
+    from harp_kaolin.novel import orbit_poses
+
+    hand, params = avatar.hand, avatar.params
+    base = _training(avatar).select([1])
+    orbit = orbit_poses(hand, params, base, 4)
+    with torch.no_grad():
+        v = hand(orbit.pose, params.shape, orbit.global_orient, orbit.transl, params.displacement).vertices
+    centre = (v[0].amin(0) + v[0].amax(0)) / 2
+    for k in range(4):
+        c, s = math.cos(k * math.pi / 2), math.sin(k * math.pi / 2)
+        ry = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+        torch.testing.assert_close(v[k], (v[0] - centre) @ ry.T + centre, atol=ATOL_M, rtol=0)
+    torch.testing.assert_close(orbit.global_orient[0], base.global_orient[0], atol=1e-6, rtol=0)
+
+
+def test_relighting_changes_only_the_shading(avatar):
+    from harp_kaolin.novel import make_renderer, render_poses
+
+    renderer = make_renderer(avatar, avatar.camera)
+    poses = _training(avatar).select([0])
+    fitted = render_poses(avatar.hand, avatar.params, renderer, poses)
+    same = render_poses(avatar.hand, avatar.params, renderer, poses, light=avatar.params.light.detach())
+    other = render_poses(avatar.hand, avatar.params, renderer, poses, light=torch.tensor([-0.4, 0.3, 0.1]))
+    torch.testing.assert_close(same.images, fitted.images)
+    torch.testing.assert_close(other.silhouettes, fitted.silhouettes)
+    assert (other.images - fitted.images).abs().amax() > 0.1
+
+
+def test_render_orbit_light_and_size(avatar_dir, tmp_path, capsys):
+    out = tmp_path / "orbit"
+    argv = ["render", str(avatar_dir), "--orbit", "3", "--light", "0.1,-0.2,0.3", "--size", "48"]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
+    assert "frames per second" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    assert read_png(out / "000000.png").shape == (48, 48, 3)
+    assert (out / "render.mp4").stat().st_size > 0
+
+
+def test_render_novel_poses_from_json_and_npz(avatar, avatar_dir, tmp_path):
+    poses = _training(avatar)
+    doc = {"pose": poses.pose[:2].tolist()}  # no placement: frame --frame's global_orient / transl
+    (tmp_path / "poses.json").write_text(json.dumps(doc))
+    assert (
+        main(
+            ["render", str(avatar_dir), "--poses", str(tmp_path / "poses.json"), "--out", str(tmp_path / "j")]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "j").glob("*.png"))) == 2
+    np.savez(tmp_path / "poses.npz", pose=poses.pose.numpy(), global_orient=poses.global_orient.numpy(),
+             transl=poses.transl.numpy(), model=np.array("anny"))  # fmt: skip
+    assert (
+        main(
+            ["render", str(avatar_dir), "--poses", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "n")]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "n").glob("*.png"))) == TRAIN_FRAMES
+    # The avatar's own poses give the training renders.
+    from harp_kaolin.novel import make_renderer, render_poses
+
+    train = render_poses(avatar.hand, avatar.params, make_renderer(avatar, avatar.camera), poses.select([0]))
+    assert np.abs(read_png(tmp_path / "n" / "000000.png") - train.images[0].numpy()).max() <= 1 / 255 + 1e-6
+
+
+def _bad_poses(name: str, p: int):
+    return {
+        "wrong_joints.npz": {"pose": np.zeros((2, 15, 3))},
+        "frames.json": {"pose": np.zeros((2, p, 3)).tolist(), "transl": [[0, 0, 0.5]]},
+        "other_model.npz": {"pose": np.zeros((1, p, 3)), "model": np.array("mano")},
+        "poses.txt": None,
+    }[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("wrong_joints.npz", "'pose' has 15 joints per frame but the avatar's anny hand has"),
+        ("frames.json", "'transl' must be (2, 3)"),
+        ("other_model.npz", "'mano' hand model"),
+        ("poses.txt", "must be .npz or .json"),
+    ],
+)
+def test_render_poses_file_errors_name_the_file(avatar, avatar_dir, tmp_path, capsys, name, message):
+    path = tmp_path / name
+    content = _bad_poses(name, avatar.hand.num_pose)
+    if path.suffix == ".npz":
+        np.savez(path, **content)
+    else:
+        path.write_text(json.dumps(content))
+    assert main(["render", str(avatar_dir), "--poses", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_render_bad_light_is_an_error(avatar_dir, tmp_path, capsys):
+    assert main(["render", str(avatar_dir), "--light", "1,2", "--out", str(tmp_path / "o")]) == 2
+    assert "--light must be three numbers" in capsys.readouterr().err
+
+
+def test_render_fps_benchmark_json(capsys):
+    spec = importlib.util.spec_from_file_location("render_fps", ROOT / "benchmarks" / "render_fps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--size", "48", "--frames", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json"]
+    assert bench.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fps"] > 0 and result["ms_per_frame"] == pytest.approx(1000 / result["fps"], rel=0.01)
+    assert result["device"] == "cpu" and result["size"] == 48 and result["covered_fraction"] > 0
