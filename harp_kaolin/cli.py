@@ -73,17 +73,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = (
-        "iou",
-        "l1",
-        "l1_masked",
-        "ms_ssim",
-        "lpips",
-        "keypoint_error_mm",
-        "pa_keypoint_error_mm",
-        "albedo_psnr",
-    )
-    for k in keys:
+    from harp_kaolin.metrics import METRIC_KEYS
+
+    for k in METRIC_KEYS:
         if metrics.get(k) is not None:
             print(f"  {k:>22}: {metrics[k]:.4f}")
     if metrics.get("lpips") is None and metrics.get("lpips_note"):
