@@ -84,18 +84,9 @@ class Frames:
 
 def make_renderer(avatar, camera: dict, device: str = "cpu"):
     """The avatar's renderer (backend, shadows and bias of its config) for ``camera``."""
-    from harp_kaolin.render import Renderer
+    from harp_kaolin.fit.trainer import build_renderer
 
-    cfg, hand = avatar.config, avatar.hand
-    return Renderer(
-        camera,
-        hand.faces,
-        hand.face_uvs,
-        hand.uvs,
-        backend=cfg.backend,
-        shadows=cfg.shadows,
-        shadow_bias=cfg.shadow_bias,
-    ).to(device)
+    return build_renderer(camera, avatar.hand, avatar.config).to(device)
 
 
 def render_camera(camera: dict, size: int | None) -> dict:

@@ -51,6 +51,21 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def build_renderer(camera: dict, hand, cfg: FitConfig):
+    """The renderer of a hand with the backend, shadow switch and shadow bias of a config."""
+    from harp_kaolin.render import Renderer
+
+    return Renderer(
+        camera,
+        hand.faces,
+        hand.face_uvs,
+        hand.uvs,
+        backend=cfg.backend,
+        shadows=cfg.shadows,
+        shadow_bias=cfg.shadow_bias,
+    )
+
+
 class Fitter:
     """Runs the stages of a FitConfig on FitData for a hand model."""
 
@@ -63,8 +78,6 @@ class Fitter:
         out_dir: str | Path,
         params: AvatarParams | None = None,
     ):
-        from harp_kaolin.render import Renderer
-
         self.hand, self.data, self.cfg, self.init = hand, data, cfg, init
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -73,15 +86,7 @@ class Fitter:
         if params is None:
             params = self.initial_params(hand, data, cfg, init)
         self.params = params.to(self.device)
-        self.renderer = Renderer(
-            data.camera,
-            hand.faces,
-            hand.face_uvs,
-            hand.uvs,
-            backend=cfg.backend,
-            shadows=cfg.shadows,
-            shadow_bias=cfg.shadow_bias,
-        ).to(self.device)
+        self.renderer = build_renderer(data.camera, hand, cfg).to(self.device)
         self.images = data.images.to(self.device)
         self.masks = data.masks.to(self.device)
         self.photo_masks = L.erode_mask(self.masks, cfg.erode_px)
