@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from harp_kaolin.config import PARAM_GROUPS, StageConfig
-from harp_kaolin.fit.data import FitData
+from harp_kaolin.data import Sequence
 from harp_kaolin.fit.init import InitResult, initialize, project
 from harp_kaolin.fit.params import AvatarParams
 
@@ -63,7 +63,7 @@ def pose_stage(name: str, epochs: int, weights: dict[str, float], lr: dict[str, 
     return StageConfig(name=name, epochs=epochs, lr=dict(lr), weights=dict(weights))
 
 
-def initialize_frames(avatar, data: FitData) -> InitResult:
+def initialize_frames(avatar, data: Sequence) -> InitResult:
     """Per-frame pose from the sequence's keypoints, with the avatar's shape fixed (avatar on the CPU)."""
     shape = avatar.params.shape.detach()
     return initialize(avatar.hand, data.keypoints3d, data.keypoints2d, data.camera, avatar.config.init, shape)
@@ -93,7 +93,7 @@ def frozen_params(avatar_params: AvatarParams, init: InitResult) -> AvatarParams
     return p
 
 
-def pose_fitter(avatar, data: FitData, init: InitResult, stage: StageConfig, out_dir, device: str = "cpu"):
+def pose_fitter(avatar, data: Sequence, init: InitResult, stage: StageConfig, out_dir, device: str = "cpu"):
     """A ``Fitter`` that runs ``stage`` (pose groups only) on the new frames with the avatar frozen.
 
     Args:
@@ -133,7 +133,7 @@ class PoseFit:
 
 
 def fit_new_frames(
-    avatar, seq, data: FitData, stage: StageConfig, out_dir, device: str, resume: bool, progress: bool
+    avatar, seq, data: Sequence, stage: StageConfig, out_dir, device: str, resume: bool, progress: bool
 ) -> PoseFit:
     """Initialize the frames of ``seq`` from its keypoints and run the pose-only ``stage`` on them.
 

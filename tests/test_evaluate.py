@@ -43,7 +43,6 @@ def camera(size: int = SIZE) -> dict:
 def write_avatar(folder: Path, hand, poses) -> Path:
     """An avatar folder (params.npz, config.yaml) with the synthetic albedo and light, in ``poses``."""
     from harp_kaolin.config import load_config, save_config
-    from harp_kaolin.fit.data import FitData
     from harp_kaolin.fit.params import AvatarParams
     from harp_kaolin.fit.pipeline import save_params
     from harp_kaolin.synth import LIGHT, texture_image
@@ -59,7 +58,7 @@ def write_avatar(folder: Path, hand, poses) -> Path:
         p.ambient.fill_(float(torch.logit(torch.tensor(LIGHT["ambient"]))))
     names = [f"{t:06d}.png" for t in range(len(poses))]
     folder.mkdir(parents=True)
-    save_params(folder / "params.npz", hand, p, FitData(names, None, None, camera(), None, None), cfg)
+    save_params(folder / "params.npz", p, names, camera(), cfg)
     save_config(cfg, folder / "config.yaml")
     return folder
 

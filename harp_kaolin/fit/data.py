@@ -1,34 +1,13 @@
-"""Sequence -> tensors at the fitting resolution."""
+"""Sequence -> the same sequence at the fitting resolution."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from harp_kaolin.data import Sequence
-
-
-@dataclass(frozen=True)
-class FitData:
-    """Frames at the fitting resolution.
-
-    Attributes:
-        names: T frame names.
-        images: (T, H, W, 3) float in [0, 1].
-        masks: (T, H, W) float {0, 1}.
-        camera: dict width, height, fx, fy, cx, cy at this resolution.
-        keypoints3d, keypoints2d: (T, 21, 3) or None (2D scaled to this resolution).
-    """
-
-    names: list[str]
-    images: Tensor
-    masks: Tensor
-    camera: dict
-    keypoints3d: Tensor | None
-    keypoints2d: Tensor | None
 
 
 def scale_camera(camera: dict, width: int, height: int) -> dict:
@@ -51,7 +30,8 @@ def fit_size(camera: dict, longest: int) -> tuple[int, int]:
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def prepare(seq: Sequence, image_size: int) -> FitData:
+def prepare(seq: Sequence, image_size: int) -> Sequence:
+    """The sequence with frames, masks, camera and 2D keypoints rescaled to ``image_size`` (longest side)."""
     import cv2
 
     w, h = fit_size(seq.camera, image_size)
@@ -71,4 +51,4 @@ def prepare(seq: Sequence, image_size: int) -> FitData:
         k2 = k2.clone()
         k2[..., 0] *= w / seq.camera["width"]
         k2[..., 1] *= h / seq.camera["height"]
-    return FitData(list(seq.names), images.float(), masks.float(), cam, seq.keypoints3d, k2)
+    return dataclasses.replace(seq, images=images.float(), masks=masks.float(), camera=cam, keypoints2d=k2)

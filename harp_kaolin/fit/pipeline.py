@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from harp_kaolin.config import FitConfig, save_config
-from harp_kaolin.fit.data import FitData, prepare
+from harp_kaolin.fit.data import prepare
 from harp_kaolin.fit.init import InitResult, initialize
 from harp_kaolin.fit.params import AvatarParams
 from harp_kaolin.fit.trainer import CHECKPOINT, Fitter
@@ -73,15 +73,15 @@ def render_all(fitter: Fitter, batch: int = 8):
     return torch.cat(images), torch.cat(sils)
 
 
-def save_params(path: Path, hand, params: AvatarParams, data: FitData, cfg: FitConfig) -> None:
+def save_params(path: Path, params: AvatarParams, names: list[str], camera: dict, cfg: FitConfig) -> None:
     arrays = params.to_numpy()
     atomic_savez(
         path,
         **arrays,
         model=np.array(cfg.hand),
         subdivide=np.array(cfg.subdivide),
-        names=np.array(data.names),
-        camera=np.array(json.dumps(data.camera)),
+        names=np.array(names),
+        camera=np.array(json.dumps(camera)),
         fps=np.array(cfg.fps),
     )
 
@@ -104,7 +104,7 @@ def write_avatar(out_dir: Path, fitter: Fitter, seq_path, seconds: dict, init: I
     from harp_kaolin.evaluate import training_metrics
 
     hand, params, data, cfg = fitter.hand, fitter.params, fitter.data, fitter.cfg
-    save_params(out_dir / "params.npz", hand, params, data, cfg)
+    save_params(out_dir / "params.npz", params, data.names, data.camera, cfg)
     with torch.no_grad():
         write_png(out_dir / "textures" / "albedo.png", params.albedo_image()[0].permute(1, 2, 0).cpu())
         write_png(out_dir / "textures" / "normal.png", params.normal_image()[0].permute(1, 2, 0).cpu())

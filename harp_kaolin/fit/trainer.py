@@ -20,8 +20,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from harp_kaolin.config import FitConfig, StageConfig, to_dict
+from harp_kaolin.data import Sequence
 from harp_kaolin.fit import losses as L
-from harp_kaolin.fit.data import FitData
 from harp_kaolin.fit.init import InitResult
 from harp_kaolin.fit.params import AvatarParams
 from harp_kaolin.io import atomic_torch_save
@@ -67,12 +67,12 @@ def build_renderer(camera: dict, hand, cfg: FitConfig):
 
 
 class Fitter:
-    """Runs the stages of a FitConfig on FitData for a hand model."""
+    """Runs the stages of a FitConfig on a prepared Sequence for a hand model."""
 
     def __init__(
         self,
         hand,
-        data: FitData,
+        data: Sequence,
         cfg: FitConfig,
         init: InitResult,
         out_dir: str | Path,
@@ -102,7 +102,7 @@ class Fitter:
         self._on_step = None
 
     @staticmethod
-    def initial_params(hand, data: FitData, cfg: FitConfig, init: InitResult) -> AvatarParams:
+    def initial_params(hand, data: Sequence, cfg: FitConfig, init: InitResult) -> AvatarParams:
         """Parameters at the start: pose from the initialization, albedo = mean colour inside the masks."""
         m = data.masks[..., None]
         mean_colour = (data.images * m).sum((0, 1, 2)) / m.sum().clamp_min(1)
