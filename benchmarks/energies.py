@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
+from timing import time_ms
 
 from warp_kernels.arap import arap_energy
 from warp_kernels.laplacian import laplacian_smoothing
@@ -43,25 +43,12 @@ def hand_meshes(batch: int, device: str, seed: int = 0) -> tuple[torch.Tensor, t
     return vertices.to(device), template.to(device), hand.faces.to(device)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def step(vertices: torch.Tensor, template: torch.Tensor, topology: MeshTopology, backend: str, terms):
     """One forward + backward of the summed terms; returns (loss, gradient)."""
     x = vertices.detach().clone().requires_grad_(True)
     loss = sum(TERMS[name](x, template, topology, backend) for name in terms)
     loss.backward()
     return loss.detach(), x.grad
-
-
-def time_ms(fn, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1000.0
 
 
 def run(batch: int, device: str, repeats: int, warmup: int) -> dict:

@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from timing import sync, time_ms
 
 BACKENDS = ("warp", "torch")
 TEXTURE_SIZE = 512  # HARP's albedo and normal map resolution
@@ -64,11 +65,6 @@ def scene(size: int, batch: int, device: str, seed: int = 0) -> dict:
     }
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def step(renderer, s: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward + backward; returns the image and the gradients."""
     leaves = {
@@ -79,25 +75,17 @@ def step(renderer, s: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return out.image.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def time_ms(fn, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1000.0
-
-
 def _timed(fn, inputs: list, device: str) -> tuple[object, float, float]:
     """Forward of one stage from detached leaves, then backward of random weights of its outputs."""
     leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     out = fn(*leaves)
-    _sync(device)
+    sync(device)
     middle = time.perf_counter()
     outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
     sum((o * torch.rand_like(o)).sum() for o in outs).backward()
-    _sync(device)
+    sync(device)
     return out, (middle - start) * 1000.0, (time.perf_counter() - middle) * 1000.0
 
 
