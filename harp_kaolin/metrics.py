@@ -73,7 +73,7 @@ def l1(pred: Tensor, gt: Tensor) -> Tensor:
     Returns:
         (B,) mean L1.
     """
-    _check_images(pred, gt)
+    check_image_pair(pred, gt)
     return (pred - gt).abs().mean(dim=(1, 2, 3))
 
 
@@ -87,7 +87,7 @@ def l1_masked(pred: Tensor, gt: Tensor, gt_mask: Tensor) -> Tensor:
     Returns:
         (B,) masked L1; NaN for a frame with an empty mask (``summarize`` leaves it out of the mean).
     """
-    _check_images(pred, gt)
+    check_image_pair(pred, gt)
     _check_mask(gt_mask, "gt_mask", (pred.shape[0], *pred.shape[2:]))
     m = (gt_mask >= MASK_THRESHOLD)[:, None].to(pred.dtype)
     count = m.sum(dim=(1, 2, 3)) * pred.shape[1]
@@ -122,7 +122,7 @@ def ms_ssim(pred: Tensor, gt: Tensor, levels: int | None = None) -> Tensor:
     from pytorch_msssim import ms_ssim as _ms_ssim
     from pytorch_msssim import ssim as _ssim
 
-    _check_images(pred, gt)
+    check_image_pair(pred, gt)
     side = min(pred.shape[-2:])
     most = ms_ssim_levels(side)
     levels = most if levels is None else levels
@@ -199,7 +199,7 @@ def lpips(
     """
     from harp_kaolin.perceptual import load_lpips
 
-    _check_images(pred, gt)
+    check_image_pair(pred, gt)
     note = "given model"
     if model is None:
         model, note = load_lpips(weights_path)
@@ -324,13 +324,15 @@ def _finite_or_none(v) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _check_images(pred: Tensor, gt: Tensor) -> None:
-    if pred.ndim != 4 or pred.shape[1] != 3:
+def check_image_pair(a: Tensor, b: Tensor, names: tuple[str, str] = ("pred", "gt")) -> None:
+    """Check two (B, 3, H, W) images of one shape; errors use the callers' argument ``names``."""
+    na, nb = names
+    if a.ndim != 4 or a.shape[1] != 3:
         raise ValueError(
-            f"pred must be (B, 3, H, W), got {tuple(pred.shape)} (channels-last? use permute(0, 3, 1, 2))"
+            f"{na} must be (B, 3, H, W), got {tuple(a.shape)} (channels-last? use permute(0, 3, 1, 2))"
         )
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt must have the shape of pred {tuple(pred.shape)}, got {tuple(gt.shape)}")
+    if b.shape != a.shape:
+        raise ValueError(f"{nb} must have the shape of {na} {tuple(a.shape)}, got {tuple(b.shape)}")
 
 
 def _check_mask(mask: Tensor, name: str, shape: tuple[int, ...]) -> None:

@@ -371,12 +371,9 @@ def perceptual_loss_fn(
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _check_pair(x: Tensor, y: Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
-            f"x must be (B, 3, H, W), got {tuple(x.shape)} (channels-last? use permute(0, 3, 1, 2))"
-        )
-    if y.shape != x.shape:
-        raise ValueError(f"y must have the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
+    from harp_kaolin.metrics import check_image_pair
+
+    check_image_pair(x, y, ("x", "y"))
 
 
 def _follow_input(module: nn.Module, x: Tensor) -> None:
