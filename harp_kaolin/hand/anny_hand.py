@@ -106,11 +106,7 @@ class AnnyHand(HandModel):
         model, _ = self._models_on(pose)
         b, j = pose.shape[0], len(self.joint_names)
         local = torch.eye(4, dtype=pose.dtype, device=pose.device).repeat(b, j, 1, 1)
-        rot = axis_angle_to_matrix(pose)
-        local = torch.cat(
-            [local[:, :2], torch.cat([torch.cat([rot, local[:, 2:, :3, 3:]], -1), local[:, 2:, 3:]], -2)],
-            dim=1,
-        )
+        local[:, 2:, :3, :3] = axis_angle_to_matrix(pose)  # root and wrist.R stay at the identity
         transforms, _ = model.get_bone_transforms(local, rest_joint_frames)
         return transforms
 
