@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import roma
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -154,8 +155,6 @@ def _interpolate(values: Tensor, known: Tensor) -> Tensor:
 
 def _interpolate_rotations(rotvecs: Tensor, known: Tensor) -> Tensor:
     """Slerp between the nearest known frames (rotation vectors (T, 3))."""
-    import roma
-
     idx = torch.nonzero(known)[:, 0]
     out = rotvecs.clone()
     for t in range(rotvecs.shape[0]):
@@ -241,8 +240,6 @@ def initialize(
         axis[attempt % 3] = math.pi / 2 * (1 if attempt < 3 else -1)
         turn = axis_angle_to_matrix(axis)
         r0 = axis_angle_to_matrix(params[1][bad]) @ turn
-        import roma
-
         retry = [torch.zeros(len(bad), hand.num_pose, 3), roma.rotmat_to_rotvec(r0), params[2][bad]]
         k3b, k2b = sel(sel(k3), bad), sel(sel(k2), bad)
         p2, _, _, kp2 = _optimize(hand, retry, shape, k3b, k2b, camera, cfg, False, f"restart {attempt + 1}")
