@@ -90,12 +90,16 @@ def _timed(fn, inputs: list, device: str) -> tuple[object, float, float]:
 
 
 def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
-    """[forward ms, backward ms] of each step of ``Renderer.forward``, run one by one."""
+    """[forward ms, backward ms] of each step of ``Renderer.forward`` (the backend's own path), run one by
+    one from detached inputs."""
     from harp_kaolin.render import renderer as R
     from harp_kaolin.render.shading import light_view, pcf_visibility, shadow_map
+    from warp_kernels.shading import composite as warp_composite
+    from warp_kernels.shadow import project_points
 
     r, v, b = renderer, s["vertices"], s["vertices"].shape[0]
     light, ambient = s["light"].expand(b, 3), s["ambient"].expand(b, 1)
+    warp = r.backend == "warp"
     times = {}
 
     def stage(name, fn, *inputs):
@@ -103,49 +107,70 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
         times[name] = [round(fwd, 1), round(bwd, 1)]
         return out
 
-    def raster(x):
+    frags = R.rasterize_mesh(r.camera, v, r.faces, r.backend)
+
+    def rasterize(x):
         f = R.rasterize_mesh(r.camera, x, r.faces, r.backend)
         return f.barycentrics, f.soft_mask
 
-    bary, soft = stage("rasterize", raster, v)
-    face_idx = R.rasterize_mesh(r.camera, v.detach(), r.faces, r.backend).face_idx
+    stage("rasterize", rasterize, v)
     topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.wedge_vertex)
     normals, tangents = stage(
-        "normals_tangents", lambda x: (lambda f: (f.normals, f.tangents))(R.surface_frames(x, *topology)), v
+        "surface_frames",
+        lambda x: (lambda f: (f.normals, f.tangents))(R.surface_frames(x, *topology, backend=r.backend)),
+        v,
     )
+    normals, tangents = normals.detach(), tangents.detach()
+    shading_topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.signs)
+
+    def fragments(w):
+        return R.Fragments(
+            w, frags.flat_index, frags.batch_index, frags.face, frags.soft_mask, frags.face_idx
+        )
 
     def interpolate(x, w, n, t):
-        p = R.interpolate_pixels(R.Fragments(w, soft, face_idx), x, R.SurfaceFrames(n, t), r.faces, r.uvs,
-                                 r.face_uvs, r.face_wedges, r.signs)  # fmt: skip
+        if warp:
+            return R.interpolate_positions(fragments(w), x, r.faces).position
+        p = R.interpolate_pixels(fragments(w), x, R.SurfaceFrames(n, t), *shading_topology)
         return p.position, p.uv, p.normal, p.tangent, p.bitangent
 
-    attrs = stage("interpolate", interpolate, v, bary, normals, tangents)
-    pixels = R.Pixels(*R.covered_pixels(face_idx), *(a.detach() for a in attrs))
+    attrs = stage("interpolate", interpolate, v, frags.barycentrics, normals, tangents)
+    attrs = tuple(a.detach() for a in (attrs if isinstance(attrs, tuple) else (attrs,)))
+    pixels = R.Pixels(frags.flat_index, frags.batch_index, *attrs)
+    vis = None
     if r.shadows:
         view = light_view(v, light, r.shadow_size)
         depth_map = stage("shadow_map", lambda x: shadow_map(x, r.faces, view, r.backend), v)
 
         def lookup(m, p):
-            coords, depth = view.project(p, pixels.batch_index)
+            if warp:
+                coords, depth = project_points(
+                    p, pixels.batch_index, view.rotation, view.eye, view.focal, view.size
+                )
+            else:
+                coords, depth = view.project(p, pixels.batch_index)
             return pcf_visibility(
                 m, coords, depth, pixels.batch_index, r.shadow_sharpness, r.shadow_bias, r.backend
             )
 
         vis = stage("shadow_lookup", lookup, depth_map, pixels.position).detach()
-    else:
-        vis = None
 
-    def shade(albedo, normal_map, *values):
+    def shade(albedo, normal_map, w, n, t, *values):
+        if warp:
+            p = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
+            frames = R.SurfaceFrames(n, t)
+            args = (*shading_topology, albedo, normal_map, light, ambient, vis)
+            return R.shade_pixels_fused(fragments(w), p, frames, *args)
         p = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
         return R.shade_pixels(p, albedo, normal_map, light, ambient, vis)
 
-    colour, _ = stage("shade", shade, s["albedo"], s["normal"], *attrs)
-    stage(
-        "composite_and_loss",
-        lambda c, m: (R.composite_pixels(c, pixels, m) * s["weights"]).sum(),
-        colour,
-        soft,
-    )
+    colour, _ = stage("shade", shade, s["albedo"], s["normal"], frags.barycentrics, normals, tangents, *attrs)
+
+    def composite(c, m):
+        image = warp_composite(c, pixels.flat_index, m) if warp else R.composite_pixels(c, pixels, m)
+        return (image * s["weights"]).sum()
+
+    stage("composite_and_loss", composite, colour, frags.soft_mask)
     return times
 
 

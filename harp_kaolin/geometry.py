@@ -9,6 +9,33 @@ import torch
 from torch import Tensor
 
 
+class _GatherCorners(torch.autograd.Function):
+    """``values[:, faces]`` with a flat ``index_add_`` backward (several times faster on CPU than the
+    accumulating ``index_put`` that autograd uses for advanced indexing)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, faces: Tensor) -> Tensor:
+        b, v = values.shape[:2]
+        rest = values.shape[2:]
+        rows = (torch.arange(b, device=values.device)[:, None] * v + faces.reshape(1, -1)).reshape(-1)
+        ctx.save_for_backward(rows)
+        ctx.shape = values.shape
+        out = values.reshape(b * v, *rest).index_select(0, rows)
+        return out.reshape(b, *faces.shape, *rest)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (rows,) = ctx.saved_tensors
+        b, v, *rest = ctx.shape
+        out = grad.new_zeros(b * v, *rest).index_add_(0, rows, grad.reshape(-1, *rest))
+        return out.reshape(ctx.shape), None
+
+
+def gather_corners(values: Tensor, faces: Tensor) -> Tensor:
+    """Per face-corner values ``values[:, faces]``: (B, V, ...) and (F, 3) long -> (B, F, 3, ...)."""
+    return _GatherCorners.apply(values, faces)
+
+
 def face_normals(vertices: Tensor, faces: Tensor, normalize: bool = True) -> Tensor:
     """Per-face normals of a batch of triangle meshes.
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from harp_kaolin.geometry import gather_corners
 from harp_kaolin.render import Camera, face_inputs, project_mesh, project_to_ndc, rasterize
 from tests.conftest import DEVICES
 
@@ -137,3 +138,21 @@ def test_camera_json_scaling_and_checks(tmp_path):
         project_to_ndc(torch.zeros(4, 3), cam)
     with pytest.raises(ValueError, match="faces must index"):
         face_inputs(torch.ones(1, 3, 3), torch.tensor([[0, 1, 3]]), cam)
+
+
+def test_gather_corners_matches_indexing():
+    """gather_corners = values[:, faces] in value and gradient (repeated vertices accumulate)."""
+    g = torch.Generator().manual_seed(0)
+    for rest in ((), (2,), (3,)):
+        values = torch.randn(3, 7, *rest, generator=g, dtype=torch.float64)
+        faces = torch.randint(0, 7, (11, 3), generator=g)
+        upstream = torch.randn(3, 11, 3, *rest, generator=g, dtype=torch.float64)
+        grads = []
+        for fn in (gather_corners, lambda v, f: v[:, f]):
+            v = values.clone().requires_grad_()
+            out = fn(v, faces)
+            assert out.shape == (3, 11, 3, *rest)
+            (out * upstream).sum().backward()
+            grads.append((out.detach(), v.grad))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

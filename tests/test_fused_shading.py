@@ -16,6 +16,7 @@ from harp_kaolin.render.renderer import (
 )
 from harp_kaolin.render.texture import wedge_signs, wedges
 from tests.conftest import DEVICES
+from warp_kernels import parallel
 from warp_kernels.shading import composite as warp_composite
 from warp_kernels.shading import fused_shade
 from warp_kernels.shading import surface_frames as warp_surface_frames
@@ -67,7 +68,7 @@ def render(backend, s, topo, vertices, bary, albedo, normal_map, light, ambient,
     frames = surface_frames(
         vertices, t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"]
     )
-    frags = Fragments(barycentrics=bary, soft_mask=bary[..., 0], face_idx=s["face_idx"])
+    frags = Fragments.from_dense(bary, bary[..., 0], s["face_idx"])
     topology = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["signs"])
     pixels = interpolate_pixels(frags, vertices, frames, *topology)
     if backend == "torch":
@@ -75,9 +76,9 @@ def render(backend, s, topo, vertices, bary, albedo, normal_map, light, ambient,
     flat_index, batch_index = covered_pixels(s["face_idx"])
     face = s["face_idx"].reshape(-1)[flat_index]
     return fused_shade(
-        bary, flat_index, batch_index, face, pixels.position, frames.normals, frames.tangents, t["uvs"],
-        t["signs"], t["faces"], t["face_uvs"], t["face_wedges"], albedo, normal_map, light, ambient,
-        visibility,
+        bary.reshape(-1, 3)[flat_index], batch_index, face, pixels.position, frames.normals,
+        frames.tangents, t["uvs"], t["signs"], t["faces"], t["face_uvs"], t["face_wedges"], albedo,
+        normal_map, light, ambient, visibility,
     )  # fmt: skip
 
 
@@ -104,10 +105,8 @@ def test_forward_matches_torch(device, tex_batch, shadows):
         torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("tex_batch", [1, 2])
-def test_backward_matches_torch(device, tex_batch):
-    s, topo = scene(device, tex_batch=tex_batch)
+def check_backward(s, topo, device):
+    """Gradients of random weights of both outputs, Warp vs torch, relative to the largest."""
     g = torch.Generator().manual_seed(1)
     grads = {}
     for backend in ("torch", "warp"):
@@ -123,6 +122,13 @@ def test_backward_matches_torch(device, tex_batch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tex_batch", [1, 2])
+def test_backward_matches_torch(device, tex_batch):
+    s, topo = scene(device, tex_batch=tex_batch)
+    check_backward(s, topo, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_float64(device):
     s, topo = scene(device, dtype=torch.float64, n=3, batch=1, size=3, tex=3)
     flat_index, batch_index = covered_pixels(s["face_idx"])
@@ -135,8 +141,9 @@ def test_gradcheck_float64(device):
 
     def fn(bary, position, normals, tangents, albedo, normal_map, light, ambient, visibility):
         return fused_shade(
-            bary, flat_index, batch_index, face, position, normals, tangents, t["uvs"], t["signs"],
-            t["faces"], t["face_uvs"], t["face_wedges"], albedo, normal_map, light, ambient, visibility,
+            bary.reshape(-1, 3)[flat_index], batch_index, face, position, normals, tangents, t["uvs"],
+            t["signs"], t["faces"], t["face_uvs"], t["face_wedges"], albedo, normal_map, light, ambient,
+            visibility,
         )  # fmt: skip
 
     inputs = [s["bary"], position, frames.normals, frames.tangents, s["albedo"], s["normal_map"]]
@@ -227,3 +234,64 @@ def test_composite_gradcheck_float64(device):
     assert torch.autograd.gradcheck(
         lambda c, m: warp_composite(c, flat_index, m, 0.3), (colour, mask), atol=GRADCHECK_TOL
     )
+
+
+# ------------------------------------------------------------------------- CPU parts (threads)
+@pytest.fixture
+def two_parts(monkeypatch):
+    """Split every CPU launch into two parts run on two threads, as on a 2-core machine, even for the small
+    test scenes; yields the number of parts of each ``parallel.run``."""
+    monkeypatch.setattr(parallel, "MIN_ITEMS_PER_PART", 16)
+    parts, run = [], parallel.run
+
+    def counted(device, module, items, job):
+        parts.append(len(items))
+        return run(device, module, items, job)
+
+    monkeypatch.setattr(parallel, "run", counted)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield parts
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_parts_shading_matches_torch(two_parts, batch):
+    # One batch item: both parts hit the same vertices, wedges, texels, light and ambient, whose gradients
+    # each part accumulates privately (Warp's CPU atomic_add is not atomic); many pixels per texel and
+    # vertex make concurrent parts collide. Two: one texture per item.
+    s, topo = scene("cpu", n=3, batch=batch, size=256, tex=2, tex_batch=batch)
+    args = leaves(s)
+    with torch.no_grad():
+        ref = render("torch", s, topo, *args)
+        got = render("warp", s, topo, *args)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+    check_backward(s, topo, "cpu")
+    assert two_parts == [2, 2, 2]  # forward (twice) and backward
+
+
+def test_parts_frames_match_torch(two_parts):
+    s, topo = scene("cpu", n=12, batch=2)  # 242 faces per item: one item per part
+    v = s["vertices"].detach().clone().requires_grad_(True)
+    ref, got = frames_both(s, topo, v)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+    weights = [torch.randn(r.shape, generator=torch.Generator().manual_seed(k)) for k, r in enumerate(ref)]
+    grads = [torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), v) for out in (ref, got)]
+    scale = grads[0][0].abs().max()
+    torch.testing.assert_close(grads[1][0] / scale, grads[0][0] / scale, atol=GRAD_TOL, rtol=0)
+    assert two_parts == [2, 2]
+
+
+def test_parts_composite_matches_torch(two_parts):
+    flat_index, colour, mask = composite_inputs("cpu")
+    pixels = Pixels(flat_index=flat_index, batch_index=flat_index, position=colour)
+    ref = composite_pixels(colour, pixels, mask, 0.4)
+    got = warp_composite(colour, flat_index, mask, 0.4)
+    torch.testing.assert_close(got, ref, atol=FORWARD_TOL, rtol=FORWARD_TOL)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4))
+    grads = [torch.autograd.grad((out * w).sum(), (colour, mask)) for out in (ref, got)]
+    for r, g in zip(*grads):
+        torch.testing.assert_close(g, r, atol=GRAD_TOL, rtol=GRAD_TOL)
+    assert two_parts == [2, 2]

@@ -146,6 +146,62 @@ def test_batch_split_over_threads_matches_one_thread():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("soft_mask", [True, False])
+def test_packed_matches_dense_twin(device, soft_mask):
+    """Packed features (Warp, without a dense image) = the twin's dense features gathered at the covered
+    pixels, in value and in gradient (random upstream gradients on features and soft mask)."""
+    fvz, fvi, feats, fnz = random_scene(batch=3, dims=(4,), device=device, seed=5)
+    height, width = 27, 31
+    g = torch.Generator().manual_seed(6)
+    results = []
+    for packed in (True, False):
+        vi, ff = fvi.clone().requires_grad_(), feats[0].clone().requires_grad_()
+        args = (height, width, fvz, vi, ff, fnz)
+        if packed:
+            out, soft, idx, flat = raster.dibr_rasterization_packed(*args, knum=5, soft_mask=soft_mask)
+        else:
+            dense, soft, idx = torch_dibr(*args, knum=5, soft_mask=soft_mask)
+            flat = (idx.reshape(-1) >= 0).nonzero()[:, 0]
+            out = dense.reshape(-1, 4)[flat]
+        up_feat = torch.randn(out.shape, generator=g.manual_seed(7)).to(device)
+        up_soft = torch.randn(soft.shape, generator=g.manual_seed(8)).to(device)
+        loss = (out * up_feat).sum() + ((soft * up_soft).sum() if soft_mask else 0)
+        loss.backward()
+        results.append((out, soft, idx, flat, vi.grad, ff.grad))
+    (out, soft, idx, flat, g_vi, g_ff), (t_out, t_soft, t_idx, t_flat, t_vi, t_ff) = results
+    assert flat.dtype == torch.int64 and torch.equal(flat, t_flat) and torch.equal(idx, t_idx)
+    assert 0 < flat.shape[0] < idx.numel()
+    torch.testing.assert_close(out, t_out, atol=FORWARD_TOL, rtol=0)
+    torch.testing.assert_close(soft, t_soft, atol=FORWARD_TOL, rtol=0)
+    if not soft_mask:
+        assert torch.equal(soft, (idx >= 0).to(soft.dtype))  # the hard coverage
+    for a, b in ((g_vi, t_vi), (g_ff, t_ff)):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=GRAD_RTOL * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("fn", [warp_dibr, torch_dibr], ids=["warp", "torch"])
+def test_without_soft_mask_features_are_unchanged(fn):
+    """soft_mask=False changes only the soft mask (hard coverage, no gradient), not the features."""
+    fvz, fvi, feats, fnz = random_scene(batch=2, seed=9)
+    outs = [fn(23, 19, fvz, fvi, feats[0], fnz, soft_mask=soft) for soft in (True, False)]
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][2], outs[1][2])
+    assert torch.equal(outs[1][1], (outs[1][2] >= 0).to(fvi.dtype))
+    assert ((outs[0][1] > 0) & (outs[0][2] < 0)).any()  # the soft mask did reach uncovered pixels
+
+
+def test_packed_gradcheck_float64():
+    fvz, fvi, feats, fnz = tiny_mesh()
+
+    def render(vi, ff):
+        out, soft, _, _ = raster.dibr_rasterization_packed(11, 13, fvz, vi, ff, fnz, sigmainv=300, boxlen=0.3)
+        return out, soft
+
+    inputs = (fvi.clone().requires_grad_(), feats.clone().requires_grad_())
+    assert torch.autograd.gradcheck(render, inputs, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL)
+
+
 def tiny_mesh(dtype=torch.float64):
     """Two front triangles and one back triangle, chosen so no pixel centre is near an edge."""
     fvi = torch.tensor(

@@ -7,8 +7,8 @@ import torch
 
 from harp_kaolin.render.shading import light_view, shadow_map, shadow_visibility
 from tests.conftest import DEVICES
-from warp_kernels import reference
-from warp_kernels.shadow import pcf_visibility
+from warp_kernels import parallel, reference
+from warp_kernels.shadow import pcf_visibility, project_points
 
 FORWARD_TOL = 1e-5  # visibility, warp vs twin (float32)
 BACKWARD_TOL = 1e-3  # gradients, warp vs twin (float32; s = 1000 amplifies rounding)
@@ -48,6 +48,29 @@ def test_pcf_backward_matches_twin(device, spread):
         grads.append([t.grad for t in inputs])
         assert all(torch.isfinite(t.grad).all() for t in inputs)
     for got, expected in zip(*grads):
+        scale = expected.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(got / scale, expected / scale, atol=BACKWARD_TOL, rtol=0)
+
+
+def test_pcf_split_over_threads_matches_twin(monkeypatch):
+    """Points split over 2 CPU threads whose lookups share texels (and batch items): forward and the
+    depth-map gradient (private per-thread sums) still equal the twin's."""
+    monkeypatch.setattr(parallel, "MIN_ITEMS_PER_PART", 1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        depth_map, coords, depth, batch_index = random_case("cpu", size=3, n=200_000, seed=4)
+        assert len(parallel.split(depth.device, depth.shape[0])) == 2
+        upstream = torch.randn(depth.shape, generator=torch.Generator().manual_seed(5))
+        results = []
+        for fn in (pcf_visibility, reference.pcf_visibility):
+            inputs = [t.clone().requires_grad_() for t in (depth_map, coords, depth)]
+            out = fn(*inputs, batch_index, 1000.0, 0.005)
+            (out * upstream).sum().backward()
+            results.append([out, *(t.grad for t in inputs)])
+    finally:
+        torch.set_num_threads(threads)
+    for got, expected in zip(*results):
         scale = expected.abs().max().clamp_min(1.0)
         torch.testing.assert_close(got / scale, expected / scale, atol=BACKWARD_TOL, rtol=0)
 
@@ -139,3 +162,56 @@ def test_shadow_visibility_gradients_reach_light_and_vertices():
     vis.sum().backward()
     assert light.grad.abs().sum() > 0
     assert verts.grad[0, 4:].abs().sum() > 0  # the occluder's vertices (through the depth map)
+
+
+def projection_case(n=40, b=3, dtype=torch.float64, seed=6):
+    """Points in front of random light views (vertices come from the light_view of a random cloud)."""
+    g = torch.Generator().manual_seed(seed)
+    vertices = 0.05 * torch.randn(b, 30, 3, generator=g, dtype=dtype) + torch.tensor([0, 0, 0.5], dtype=dtype)
+    light = torch.randn(b, 3, generator=g, dtype=dtype) * 0.3
+    view = light_view(vertices, light, 64)
+    points = 0.05 * torch.randn(n, 3, generator=g, dtype=dtype) + torch.tensor([0, 0, 0.5], dtype=dtype)
+    batch_index = torch.randint(0, b, (n,), generator=g)
+    return view, points, batch_index
+
+
+def test_project_points_matches_light_view_project():
+    view, points, batch_index = projection_case()
+    upstream = torch.randn(points.shape[0], 3, generator=torch.Generator().manual_seed(7), dtype=points.dtype)
+    results = []
+    for warp in (True, False):
+        p, rot, eye = (t.detach().clone().requires_grad_() for t in (points, view.rotation, view.eye))
+        if warp:
+            coords, depth = project_points(p, batch_index, rot, eye, view.focal, view.size)
+        else:
+            moved = type(view)(eye=eye, rotation=rot, focal=view.focal, size=view.size, far=view.far)
+            coords, depth = moved.project(p, batch_index)
+        ((coords * upstream[:, :2]).sum() + (depth * upstream[:, 2]).sum()).backward()
+        results.append((coords, depth, p.grad, rot.grad, eye.grad))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_project_points_gradcheck_and_split(monkeypatch):
+    view, points, batch_index = projection_case(n=8)
+    inputs = tuple(t.detach().clone().requires_grad_() for t in (points, view.rotation, view.eye))
+    assert torch.autograd.gradcheck(
+        lambda p, r, e: project_points(p, batch_index, r, e, view.focal, view.size), inputs
+    )
+    # many points on few views, split over 2 threads: per-thread sums of the view gradients lose nothing
+    monkeypatch.setattr(parallel, "MIN_ITEMS_PER_PART", 1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        view, points, batch_index = projection_case(n=200_000, b=2)
+        grads = []
+        for parts_min in (1000, 10**9):
+            monkeypatch.setattr(parallel, "MIN_ITEMS_PER_PART", parts_min)
+            rot, eye = (t.detach().clone().requires_grad_() for t in (view.rotation, view.eye))
+            coords, depth = project_points(points, batch_index, rot, eye, view.focal, view.size)
+            (coords.sum() + depth.sum()).backward()
+            grads.append((rot.grad, eye.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

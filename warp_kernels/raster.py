@@ -50,12 +50,12 @@ Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand)
 
 from __future__ import annotations
 
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
 import warp as wp
+
+from warp_kernels import parallel
 
 # Gradients are written by hand (Kaolin's analytic formulas), so Warp's adjoints are not built; no FMA
 # contraction, so results round like torch's (the twin) and both depth passes agree bit for bit.
@@ -297,6 +297,36 @@ def _interpolate(
     c = (b * faces + f) * 3 * dims
     for d in range(dims):
         out[p * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+
+
+@wp.kernel
+def _interpolate_packed(
+    vim: wp.array(dtype=Any),
+    feats: wp.array(dtype=Any),
+    faces: int,
+    dims: int,
+    fidx: wp.array(dtype=wp.int32),
+    flat: wp.array(dtype=wp.int64),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    eps: Any,
+    out: wp.array(dtype=Any),
+):
+    """Per covered pixel ``flat[k]``: the features of its face, in row k of ``out``."""
+    k = wp.tid()
+    p = int(flat[k])
+    f = fidx[p]
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    v = (b * faces + f) * 6
+    w0, w1, w2, norm = _crosses(
+        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+    )
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
+    c = (b * faces + f) * 3 * dims
+    for d in range(dims):
+        out[k * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
 
 
 @wp.func
@@ -587,6 +617,7 @@ def _hard_backward(
     faces: int,
     dims: int,
     fidx: wp.array(dtype=wp.int32),
+    flat: wp.array(dtype=wp.int64),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
     multiplier: Any,
@@ -596,8 +627,15 @@ def _hard_backward(
     grad_vi: wp.array(dtype=Any),
     grad_feats: wp.array(dtype=Any),
 ):
-    """Per covered pixel: Kaolin's analytic gradient of the interpolation (NDC units)."""
-    p = wp.tid()
+    """Per covered pixel: Kaolin's analytic gradient of the interpolation (NDC units).
+
+    Dense (``flat`` empty): thread p is pixel p and reads row p of ``grad_out``; packed: thread k is
+    pixel ``flat[k]`` and reads row k.
+    """
+    k = wp.tid()
+    p = k
+    if flat.shape[0] > 0:
+        p = int(flat[k])
     f = fidx[p]
     if f < 0:
         return
@@ -615,7 +653,7 @@ def _hard_backward(
     g2 = zero
     c = (b * faces + f) * 3 * dims
     for d in range(dims):
-        g = grad_out[p * dims + d]
+        g = grad_out[k * dims + d]
         if need_features != 0:
             wp.atomic_add(grad_feats, c + d, w0 * g)
             wp.atomic_add(grad_feats, c + dims + d, w1 * g)
@@ -656,21 +694,7 @@ def _hard_backward(
     wp.atomic_add(grad_vi, v + 5, gq)
 
 
-def _declare_overloads():
-    """Instantiate every generic kernel for float32 and float64 up front: one module build, cached."""
-    kernels = [k for k in globals().values() if isinstance(k, wp.Kernel) and k.is_generic]
-    for kernel in kernels:
-        for scalar in (wp.float32, wp.float64):
-            types = {}
-            for name, arg in kernel.adj.arg_types.items():
-                if arg is Any:
-                    types[name] = scalar
-                elif wp.types.is_array(arg) and arg.dtype is Any:
-                    types[name] = wp.array(dtype=scalar, ndim=arg.ndim)
-            wp.overload(kernel, types)
-
-
-_declare_overloads()
+parallel.declare_float_overloads(globals())
 
 
 def pixel_centres(height: int, width: int, multiplier: float, dtype: torch.dtype, device) -> tuple:
@@ -806,67 +830,91 @@ def _soft_candidates(launch, vim, fidx, c: _Setup):
     return offsets, lists
 
 
-def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup):
-    """Whole forward on a batch slice; writes the (views of the) outputs, returns what backward needs."""
+class _Options(NamedTuple):
+    """What a call computes besides the face index."""
+
+    soft: bool  # the DIB-R soft mask on uncovered pixels (else the hard coverage, without gradient)
+    packed: bool  # features only at the covered pixels, (N, D) rows in flat-index order
+
+
+def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, o: _Options):
+    """Whole forward on a batch slice; writes the (views of the) dense outputs.
+
+    Returns what backward needs, and for a packed call the slice's covered pixels (flat indices local
+    to the slice, int64) and their features.
+    """
     faces, dims = vim.shape[1], feats.shape[-1]
     fidx = _hard_search(launch, vim, fvz, fnz, c)
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
-    soft = soft.view(-1)
-    args = [w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
+    w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
+    dense_dims = 0 if o.packed else dims
+    args = [w_vim, w_feats, faces, dense_dims, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
     launch(_interpolate, fidx.numel(), [*args, _wp(soft), _wp(out.view(-1))])
-    offsets, lists = _soft_candidates(launch, vim, fidx, c)
-    probs = torch.empty(lists.shape, dtype=vim.dtype, device=vim.device)
-    kinds = torch.empty_like(lists)
-    args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
-    launch(_soft_forward, fidx.numel(), [*args, _wp(probs), _wp(kinds), _wp(soft)])
-    return fidx, offsets, lists, probs, kinds
+    flat = packed = None
+    if o.packed:
+        flat = (fidx >= 0).nonzero()[:, 0]
+        packed = torch.empty((flat.shape[0], dims), dtype=vim.dtype, device=vim.device)
+        if flat.shape[0]:
+            args = [
+                w_vim,
+                w_feats,
+                faces,
+                dims,
+                _wp(fidx),
+                _wp(flat),
+                w_xs,
+                w_ys,
+                c.eps,
+                _wp(packed.view(-1)),
+            ]
+            launch(_interpolate_packed, flat.shape[0], args)
+    soft_saved = None
+    if o.soft:
+        offsets, lists = _soft_candidates(launch, vim, fidx, c)
+        probs = torch.empty(lists.shape, dtype=vim.dtype, device=vim.device)
+        kinds = torch.empty_like(lists)
+        args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
+        launch(_soft_forward, fidx.numel(), [*args, _wp(probs), _wp(kinds), _wp(soft)])
+        soft_saved = (offsets, lists, probs, kinds)
+    return (fidx, flat, soft_saved), packed
 
 
 def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _Setup):
-    """Whole backward on a batch slice, accumulating into (views of) grad_vi and grad_feats."""
-    fvi, vim, feats, fidx, offsets, lists, probs, kinds = saved
-    faces, dims, pixels = fvi.shape[1], feats.shape[-1], fidx.numel()
+    """Whole backward on a batch slice, accumulating into (views of) grad_vi and grad_feats.
+
+    ``grad_out`` holds the slice's rows: (B_s, H, W, D) dense or (N_s, D) packed.
+    """
+    fvi, vim, feats, (fidx, flat, soft_saved) = saved
+    faces, dims = fvi.shape[1], feats.shape[-1]
     w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys), _wp(grad_vi.view(-1))
     if grad_out is not None:
-        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), w_xs, w_ys]
+        if flat is None:
+            flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
+        else:
+            threads = flat.shape[0]
+        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), _wp(flat), w_xs, w_ys]
         targets = [w_grad_vi, _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
-        args += [c.multiplier, c.eps, _wp(grad_out.view(-1)), int(grad_feats is not None), *targets]
-        launch(_hard_backward, pixels, args)
-    if grad_soft is not None:
+        args += [c.multiplier, c.eps, _wp(grad_out.reshape(-1)), int(grad_feats is not None), *targets]
+        if threads:
+            launch(_hard_backward, threads, args)
+    if grad_soft is not None and soft_saved is not None:
+        offsets, lists, probs, kinds = soft_saved
         args = [w_vim, faces, _wp(offsets), _wp(lists), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
-        launch(_soft_backward, pixels, [*args, c.multiplier, c.knum, _wp(grad_soft.view(-1)), w_grad_vi])
-
-
-_POOL: list = []  # [ThreadPoolExecutor, its size] once created
-_LOADED: set = set()
-
-
-def _batch_slices(device: torch.device, batch: int) -> list:
-    """Contiguous batch slices processed in parallel: one per torch thread on CPU, one on CUDA.
-
-    Warp's CPU kernels are single-threaded but release the GIL, so CPU slices run on Python threads.
-    """
-    parts = max(1, min(batch, torch.get_num_threads())) if device.type == "cpu" else 1
-    bounds = [round(k * batch / parts) for k in range(parts + 1)]
-    return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
+        args += [c.multiplier, c.knum, _wp(grad_soft.view(-1)), w_grad_vi]
+        launch(_soft_backward, fidx.numel(), args)
 
 
 def _run_parts(device: torch.device, items: list, job) -> list:
-    """``[job(launch, item) for item in items]``, on a thread pool when there are several items."""
+    """``[job(launch, item) for item in items]``, one thread per item on CPU (``warp_kernels.parallel``)."""
     launch = _Launcher(device)
-    if len(items) == 1:
-        return [job(launch, items[0])]
-    if not _POOL or _POOL[1] < len(items):
-        _POOL[:] = [ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="dibr"), len(items)]
-    if device not in _LOADED:  # compile/load once, before threads could race on it
-        wp.load_module(sys.modules[__name__], device=launch.device)
-        _LOADED.add(device)
-    return list(_POOL[0].map(lambda item: job(launch, item), items))
+    return parallel.run(device, __name__, items, lambda item: job(launch, item))
 
 
 class _DibrRasterization(torch.autograd.Function):
+    """Forward and backward on contiguous batch slices (one per CPU thread; the whole batch on CUDA)."""
+
     @staticmethod
-    def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps):
+    def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps, options):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
         fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
@@ -878,36 +926,58 @@ class _DibrRasterization(torch.autograd.Function):
         setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, knum, boxlen * multiplier)
         vim = fvi * multiplier
         soft = torch.empty((batch, height, width), dtype=dtype, device=device)
-        out = torch.zeros((batch, height, width, feats.shape[-1]), dtype=dtype, device=device)
+        dense = (0,) if options.packed else (batch, height, width, feats.shape[-1])
+        out = (torch.empty if options.packed else torch.zeros)(dense, dtype=dtype, device=device)
         face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
 
         def job(launch, sl):
-            views = [t[sl] for t in (fvz, vim, feats, fnz, soft, out, face_idx)]
-            return sl, _forward_part(launch, *views, setup)
+            views = [t[sl] for t in (fvz, vim, feats, fnz, soft, face_idx)]
+            views.insert(5, out if options.packed else out[sl])
+            return _forward_part(launch, *views, setup, options)
 
-        ctx.parts = _run_parts(device, _batch_slices(device, batch), job)
+        slices = parallel.split(device, batch, min_items=1)
+        results = _run_parts(device, slices, job)
+        ctx.parts = [(sl, saved) for sl, (saved, _) in zip(slices, results)]
         ctx.setup = setup
         ctx.save_for_backward(fvi, vim, feats)
         ctx.mark_non_differentiable(face_idx)
-        return out, soft, face_idx
+        ctx.set_materialize_grads(False)  # an unused output gets None: its backward is skipped
+        if not options.packed:
+            return out, soft, face_idx
+        pixels = height * width
+        flat = torch.cat([saved[1] + sl.start * pixels for sl, (saved, _) in zip(slices, results)])
+        ctx.rows = [saved[1].shape[0] for _, (saved, _) in zip(slices, results)]
+        packed = torch.cat([values for _, values in results])
+        ctx.mark_non_differentiable(flat)
+        return packed, soft, face_idx, flat
 
     @staticmethod
-    def backward(ctx, grad_out, grad_soft, _grad_idx):
+    def backward(ctx, grad_out, grad_soft, *_unused):
         fvi, vim, feats = ctx.saved_tensors
         need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        grad_vi = torch.zeros_like(fvi)
+        if grad_out is None:
+            need_feats = False
+        grad_vi = torch.zeros_like(fvi) if need_vi else None
         grad_feats = torch.zeros_like(feats) if need_feats else None
         grad_out = grad_out.contiguous() if grad_out is not None and (need_vi or need_feats) else None
         grad_soft = grad_soft.contiguous() if grad_soft is not None and need_vi else None
+        if grad_out is None and grad_soft is None:
+            return None, None, None, grad_vi, grad_feats, *([None] * 7)
+        if grad_vi is None:  # the kernels always take a grad_vi target
+            grad_vi = torch.zeros_like(fvi)
+        rows = getattr(ctx, "rows", None)
+        ends = torch.tensor(rows).cumsum(0).tolist() if rows is not None else None
 
-        def job(launch, part):
-            sl, lists = part
-            saved = (fvi[sl], vim[sl], feats[sl], *lists)
-            grads = [None if g is None else g[sl] for g in (grad_out, grad_soft, grad_vi, grad_feats)]
-            _backward_part(launch, saved, *grads, ctx.setup)
+        def job(launch, k):
+            sl, saved = ctx.parts[k]
+            g_out = None
+            if grad_out is not None:
+                g_out = grad_out[sl] if ends is None else grad_out[ends[k] - rows[k] : ends[k]]
+            grads = [g_out] + [None if g is None else g[sl] for g in (grad_soft, grad_vi, grad_feats)]
+            _backward_part(launch, (fvi[sl], vim[sl], feats[sl], saved), *grads, ctx.setup)
 
-        _run_parts(fvi.device, ctx.parts, job)
-        return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 6)
+        _run_parts(fvi.device, list(range(len(ctx.parts))), job)
+        return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 7)
 
 
 def dibr_rasterization(
@@ -922,6 +992,7 @@ def dibr_rasterization(
     knum=30,
     multiplier=1000,
     eps=1e-8,
+    soft_mask=True,
 ):
     """DIB-R rasterization with Warp kernels (Kaolin v0.18 ``dibr_rasterization`` semantics).
 
@@ -937,6 +1008,9 @@ def dibr_rasterization(
         knum: most faces that influence one uncovered pixel.
         multiplier: coordinate scale used inside the geometric tests.
         eps: barycentric normalization epsilon.
+        soft_mask: compute the soft mask (Kaolin always does). False returns the hard coverage (1 on
+            covered pixels, 0 elsewhere, no gradient) and skips the soft-mask search: for renders whose
+            soft mask is not used, such as shadow maps.
 
     Returns:
         interpolated_features (B, H, W, D) (a list/tuple of (B, H, W, D_i) for a list/tuple input),
@@ -949,7 +1023,47 @@ def dibr_rasterization(
     out, soft, face_idx = _DibrRasterization.apply(
         height, width, face_vertices_z, face_vertices_image, feats, face_normals_z,
         float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
+        _Options(soft=bool(soft_mask), packed=False),
     )  # fmt: skip
     if is_seq:
         out = type(face_features)(out.split([t.shape[-1] for t in face_features], dim=-1))
     return out, soft, face_idx
+
+
+def dibr_rasterization_packed(
+    height,
+    width,
+    face_vertices_z,
+    face_vertices_image,
+    face_features,
+    face_normals_z,
+    sigmainv=7000,
+    boxlen=0.02,
+    knum=30,
+    multiplier=1000,
+    eps=1e-8,
+    soft_mask=True,
+):
+    """``dibr_rasterization`` with the features returned at the covered pixels only.
+
+    The same values and gradients as gathering the dense features at ``face_idx >= 0``, without the
+    dense (B, H, W, D) feature image and its dense gradient: the interpolation and its backward run
+    over the N covered pixels only.
+
+    Args:
+        As ``dibr_rasterization``; ``face_features`` is one (B, F, 3, D) tensor.
+
+    Returns:
+        features (N, D) of the covered pixels, soft_mask (B, H, W), face_idx (B, H, W) int64 (-1 for
+        background), flat_index (N,) int64: the covered pixels' increasing indices into the flattened
+        (B * H * W) image.
+    """
+    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
+    check_dibr_inputs(*args, knum)
+    if not torch.is_tensor(face_features):
+        raise ValueError("face_features must be one (B, F, 3, D) tensor for the packed rasterization")
+    packed, soft, face_idx, flat_index = _DibrRasterization.apply(
+        *args, float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
+        _Options(soft=bool(soft_mask), packed=True),
+    )  # fmt: skip
+    return packed, soft, face_idx, flat_index

@@ -276,9 +276,10 @@ def dibr_rasterization(
     knum=30,
     multiplier=1000,
     eps=1e-8,
+    soft_mask=True,
 ):
     """Torch twin of ``warp_kernels.raster.dibr_rasterization`` (same arguments, outputs and Kaolin
-    semantics, listed in that module's docstring).
+    semantics, listed in that module's docstring; ``soft_mask=False`` returns the hard coverage).
 
     The searches (winning face, soft-mask candidates) run on (pixel, face) pairs of each face's bounding
     box; features and soft mask are then computed from gathered vertices and differentiated by autograd.
@@ -312,6 +313,15 @@ def dibr_rasterization(
     out = feats.new_zeros(batch, height * width, feats.shape[-1]).index_put((cb, cp), value)
     out = out.reshape(batch, height, width, feats.shape[-1])
 
+    if is_seq:
+        out = type(face_features)(out.split([t.shape[-1] for t in face_features], dim=-1))
+    if not soft_mask:
+        return (
+            out,
+            (face_idx >= 0).to(dtype).reshape(batch, height, width),
+            face_idx.reshape(batch, height, width),
+        )
+
     # soft mask at uncovered pixels
     uncovered = face_idx < 0
     sb, sp, sf, rank = _dibr_soft_search(vim.detach(), uncovered, xs, ys, boxlen, knum, multiplier)
@@ -322,7 +332,4 @@ def dibr_rasterization(
     table = vim.new_ones(pixels.shape[0], knum).index_put((slot, rank), 1 - prob)
     soft = vim.new_zeros(batch * height * width).index_put((pixels,), 1 - table.prod(dim=1))
     soft = torch.where(uncovered.reshape(-1), soft, torch.ones_like(soft)).reshape(batch, height, width)
-
-    if is_seq:
-        out = type(face_features)(out.split([t.shape[-1] for t in face_features], dim=-1))
     return out, soft, face_idx.reshape(batch, height, width)

@@ -24,6 +24,8 @@ import torch
 import warp as wp
 from torch import Tensor
 
+from warp_kernels import parallel
+
 # Gradients come from a hand-written adjoint kernel (about 3x faster than Warp's generated one here).
 wp.set_module_options({"enable_backward": False})
 
@@ -150,8 +152,8 @@ for _t in (wp.float32, wp.float64):
 
 
 def _launch(kernel, tensors: list[Tensor], sharpness: float, bias: float) -> None:
-    """Launch on the tensors' device (on CUDA in torch's current stream); tensors in kernel order."""
-    wp.init()  # no-op after the first call; Warp is never initialized at import
+    """Launch over the points of ``tensors`` (in kernel order, the depth map first) on their device,
+    on CUDA in torch's current stream."""
     device = tensors[0].device
     dtype = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
     arrays = [
@@ -165,6 +167,29 @@ def _launch(kernel, tensors: list[Tensor], sharpness: float, bias: float) -> Non
     )
 
 
+def _launch_parts(kernel, shared: list[Tensor], per_point: list[Tensor], sharpness, bias, accumulator=None):
+    """``_launch`` with the points split over the CPU threads (``warp_kernels.parallel``).
+
+    ``shared`` are the depth map (and, for the backward, its gradient ``accumulator``, summed over the
+    parts' private copies since Warp's CPU atomics are plain adds); ``per_point`` are sliced per part.
+    """
+    wp.init()  # no-op after the first call; Warp is never initialized at import
+    device = shared[0].device
+    parts = parallel.split(device, per_point[0].shape[0])
+    sums = parallel.private_zeros(accumulator, len(parts)) if accumulator is not None else None
+
+    def job(k):
+        sl = parts[k]
+        tensors = [shared[0], *(t[sl] for t in per_point[:4])]  # map, coords, depth, batch, 4th
+        if sums is not None:  # backward: the 4th is adj_visibility; then adj_map, adj_coords, adj_depth
+            tensors += [sums[k], *(t[sl] for t in per_point[4:])]
+        _launch(kernel, tensors, sharpness, bias)
+
+    parallel.run(device, __name__, list(range(len(parts))), job)
+    if sums is not None:
+        parallel.reduce_parts(sums)
+
+
 class PCFVisibility(torch.autograd.Function):
     """Autograd bridge of the Warp kernels (forward and hand-written adjoint)."""
 
@@ -174,7 +199,9 @@ class PCFVisibility(torch.autograd.Function):
         batch_index = batch_index.to(torch.int32).contiguous()
         visibility = depth.new_empty(depth.shape)
         if depth.numel():
-            _launch(_pcf_forward, [depth_map, coords, depth, batch_index, visibility], sharpness, bias)
+            _launch_parts(
+                _pcf_forward, [depth_map], [coords, depth, batch_index, visibility], sharpness, bias
+            )
         ctx.save_for_backward(depth_map, coords, depth, batch_index)
         ctx.constants = (sharpness, bias)
         return visibility
@@ -185,9 +212,172 @@ class PCFVisibility(torch.autograd.Function):
         adj_map = torch.zeros_like(depth_map)  # accumulated with atomics
         adj_coords, adj_depth = torch.empty_like(coords), torch.empty_like(depth)  # written per point
         if depth.numel():
-            adj = [adj_visibility.contiguous(), adj_map, adj_coords, adj_depth]
-            _launch(_pcf_backward, [depth_map, coords, depth, batch_index, *adj], *ctx.constants)
+            points = [coords, depth, batch_index, adj_visibility.contiguous(), adj_coords, adj_depth]
+            _launch_parts(_pcf_backward, [depth_map], points, *ctx.constants, accumulator=adj_map)
         return adj_map, adj_coords, adj_depth, None, None, None
+
+
+# ------------------------------------------------------------------- light-view projection of points
+PROJECT_MIN_DEPTH = 1e-6  # the depth divisor is clamped here (as LightView.project, the twin)
+
+
+@wp.kernel
+def _project_forward(
+    points: wp.array2d(dtype=Any),
+    batch_index: wp.array(dtype=wp.int32),
+    rotation: wp.array3d(dtype=Any),
+    eye: wp.array2d(dtype=Any),
+    focal: wp.array(dtype=Any),
+    centre: Any,
+    coords: wp.array2d(dtype=Any),
+    depth: wp.array(dtype=Any),
+):
+    k = wp.tid()
+    b = batch_index[k]
+    d0 = points[k, 0] - eye[b, 0]
+    d1 = points[k, 1] - eye[b, 1]
+    d2 = points[k, 2] - eye[b, 2]
+    q0 = rotation[b, 0, 0] * d0 + rotation[b, 0, 1] * d1 + rotation[b, 0, 2] * d2
+    q1 = rotation[b, 1, 0] * d0 + rotation[b, 1, 1] * d1 + rotation[b, 1, 2] * d2
+    q2 = rotation[b, 2, 0] * d0 + rotation[b, 2, 1] * d1 + rotation[b, 2, 2] * d2
+    zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
+    coords[k, 0] = focal[b] * q0 / zs + centre
+    coords[k, 1] = focal[b] * q1 / zs + centre
+    depth[k] = q2
+
+
+@wp.kernel
+def _project_backward(
+    points: wp.array2d(dtype=Any),
+    batch_index: wp.array(dtype=wp.int32),
+    rotation: wp.array3d(dtype=Any),
+    eye: wp.array2d(dtype=Any),
+    focal: wp.array(dtype=Any),
+    adj_coords: wp.array2d(dtype=Any),
+    adj_depth: wp.array(dtype=Any),
+    adj_points: wp.array2d(dtype=Any),
+    adj_rotation: wp.array3d(dtype=Any),
+    adj_eye: wp.array2d(dtype=Any),
+):
+    k = wp.tid()
+    b = batch_index[k]
+    d = wp.vector(points[k, 0] - eye[b, 0], points[k, 1] - eye[b, 1], points[k, 2] - eye[b, 2])
+    q0 = rotation[b, 0, 0] * d[0] + rotation[b, 0, 1] * d[1] + rotation[b, 0, 2] * d[2]
+    q1 = rotation[b, 1, 0] * d[0] + rotation[b, 1, 1] * d[1] + rotation[b, 1, 2] * d[2]
+    q2 = rotation[b, 2, 0] * d[0] + rotation[b, 2, 1] * d[1] + rotation[b, 2, 2] * d[2]
+    f = focal[b]
+    zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
+    gu = adj_coords[k, 0]
+    gv = adj_coords[k, 1]
+    g0 = gu * f / zs
+    g1 = gv * f / zs
+    g2 = adj_depth[k]
+    if q2 > type(q2)(PROJECT_MIN_DEPTH):  # the clamp passes no gradient below the minimum
+        g2 = g2 - (g0 * q0 + g1 * q1) / zs
+    dq = wp.vector(g0, g1, g2)
+    for j in range(3):
+        gp = dq[0] * rotation[b, 0, j] + dq[1] * rotation[b, 1, j] + dq[2] * rotation[b, 2, j]
+        adj_points[k, j] = gp
+        wp.atomic_add(adj_eye, b, j, -gp)
+        for i in range(3):
+            wp.atomic_add(adj_rotation, b, i, j, dq[i] * d[j])
+
+
+for _t in (wp.float32, wp.float64):
+    _inputs = [wp.array2d(dtype=_t), wp.array(dtype=wp.int32), wp.array3d(dtype=_t), wp.array2d(dtype=_t)]
+    _inputs += [wp.array(dtype=_t)]
+    wp.overload(_project_forward, [*_inputs, _t, wp.array2d(dtype=_t), wp.array(dtype=_t)])
+    _adj = [wp.array2d(dtype=_t), wp.array(dtype=_t), wp.array2d(dtype=_t), wp.array3d(dtype=_t)]
+    wp.overload(_project_backward, [*_inputs, *_adj, wp.array2d(dtype=_t)])
+
+
+def _launch_points(kernel, tensors: list, dim: int) -> None:
+    """Launch over ``dim`` points; Python scalars in ``tensors`` become Warp scalars of the arrays' dtype."""
+    device = tensors[0].device
+    dtype = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
+    inputs = [
+        dtype(t) if isinstance(t, float) else
+        wp.from_torch(t, dtype=wp.int32 if t.dtype == torch.int32 else dtype, requires_grad=False)
+        for t in tensors
+    ]  # fmt: skip
+    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+    wp.launch(kernel, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
+
+
+class LightProjection(torch.autograd.Function):
+    """Autograd bridge of the projection kernels (hand-written adjoint)."""
+
+    @staticmethod
+    def forward(ctx, points, batch_index, rotation, eye, focal, size):
+        wp.init()  # no-op after the first call; Warp is never initialized at import
+        points, rotation, eye = (t.detach().contiguous() for t in (points, rotation, eye))
+        focal = focal.detach().to(points.dtype).contiguous()
+        n = points.shape[0]
+        coords, depth = points.new_empty(n, 2), points.new_empty(n)
+        parts = parallel.split(points.device, n)
+
+        def job(sl):
+            tensors = [points[sl], batch_index[sl], rotation, eye, focal, size / 2, coords[sl], depth[sl]]
+            _launch_points(_project_forward, tensors, sl.stop - sl.start)
+
+        if n:
+            parallel.run(points.device, __name__, parts, job)
+        ctx.save_for_backward(points, batch_index, rotation, eye, focal)
+        ctx.mark_non_differentiable(batch_index)
+        return coords, depth
+
+    @staticmethod
+    def backward(ctx, adj_coords, adj_depth):
+        points, batch_index, rotation, eye, focal = ctx.saved_tensors
+        n = points.shape[0]
+        adj_coords = torch.zeros_like(points[:, :2]) if adj_coords is None else adj_coords.contiguous()
+        adj_depth = torch.zeros_like(points[:, 0]) if adj_depth is None else adj_depth.contiguous()
+        adj_points = torch.empty_like(points)
+        parts = parallel.split(points.device, n)
+        rotations = parallel.private_zeros(torch.zeros_like(rotation), len(parts))
+        eyes = parallel.private_zeros(torch.zeros_like(eye), len(parts))
+
+        def job(k):
+            sl = parts[k]
+            tensors = [points[sl], batch_index[sl], rotation, eye, focal, adj_coords[sl], adj_depth[sl]]
+            tensors += [adj_points[sl], rotations[k], eyes[k]]
+            _launch_points(_project_backward, tensors, sl.stop - sl.start)
+
+        if n:
+            parallel.run(points.device, __name__, list(range(len(parts))), job)
+        return adj_points, None, parallel.reduce_parts(rotations), parallel.reduce_parts(eyes), None, None
+
+
+def project_points(
+    points: Tensor, batch_index: Tensor, rotation: Tensor, eye: Tensor, focal: Tensor, size: int
+) -> tuple[Tensor, Tensor]:
+    """Texel coordinates and light-view depth of points (Warp; twin: ``LightView.project``).
+
+    ``q = rotation[b] (p - eye[b])``; coords = ``focal[b] * q_xy / max(q_z, 1e-6) + size / 2``, depth = q_z.
+
+    Args:
+        points: (N, 3) main-camera points; batch_index: (N,) integer light view of each point.
+        rotation: (B, 3, 3) light-view axes as rows; eye: (B, 3) light-view centres.
+        focal: (B,) focal lengths in texels (no gradient); size: texels per side.
+
+    Returns:
+        coords (N, 2) and depth (N,), differentiable w.r.t. points, rotation and eye.
+    """
+    n = points.shape[0]
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    if batch_index.shape != (n,):
+        raise ValueError(f"batch_index must have shape ({n},), got {tuple(batch_index.shape)}")
+    b = rotation.shape[0]
+    if rotation.shape != (b, 3, 3) or eye.shape != (b, 3) or focal.shape != (b,):
+        raise ValueError(
+            f"rotation, eye and focal must have shapes (B, 3, 3), (B, 3), (B,), got {tuple(rotation.shape)}, "
+            f"{tuple(eye.shape)}, {tuple(focal.shape)}"
+        )
+    index = batch_index.to(torch.int32).contiguous()
+    return LightProjection.apply(
+        points, index, rotation.to(points.dtype), eye.to(points.dtype), focal, int(size)
+    )
 
 
 def check_pcf_inputs(depth_map: Tensor, coords: Tensor, depth: Tensor, batch_index: Tensor) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from harp_kaolin.geometry import gather_corners
+
 _TINY = 1e-20  # guards the normalization of degenerate faces (their cosine is then 0)
 
 
@@ -124,12 +126,17 @@ def face_inputs(vertices_cam: Tensor, faces: Tensor, camera: Camera) -> tuple[Te
     _check_faces(vertices_cam, faces)
     faces = faces.long()
     ndc, z = project_to_ndc(vertices_cam, camera)
-    corners = vertices_cam[:, faces]  # (B, F, 3, 3)
-    normal = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
-    to_camera = -corners.mean(dim=2)
-    scale = (normal.norm(dim=-1) * to_camera.norm(dim=-1)).clamp_min(_TINY)
-    face_normals_z = (normal * to_camera).sum(-1) / scale
-    return z[:, faces], ndc[:, faces], face_normals_z.detach()
+    with torch.no_grad():  # the facing test carries no gradient; per component, no small reductions
+        p = [[c.index_select(1, faces[:, k]) for c in vertices_cam.unbind(-1)] for k in range(3)]
+        e1 = [p[1][i] - p[0][i] for i in range(3)]
+        e2 = [p[2][i] - p[0][i] for i in range(3)]
+        normal = [e1[(i + 1) % 3] * e2[(i + 2) % 3] - e1[(i + 2) % 3] * e2[(i + 1) % 3] for i in range(3)]
+        to_camera = [-(p[0][i] + p[1][i] + p[2][i]) / 3 for i in range(3)]
+        dot = normal[0] * to_camera[0] + normal[1] * to_camera[1] + normal[2] * to_camera[2]
+        n2 = normal[0].square() + normal[1].square() + normal[2].square()
+        t2 = to_camera[0].square() + to_camera[1].square() + to_camera[2].square()
+        face_normals_z = dot / (n2.sqrt() * t2.sqrt()).clamp_min(_TINY)
+    return gather_corners(z, faces), gather_corners(ndc, faces), face_normals_z
 
 
 def project_mesh(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from warp_kernels.raster import check_dibr_inputs
+from warp_kernels.raster import check_dibr_inputs, dibr_rasterization_packed
 from warp_kernels.raster import dibr_rasterization as warp_dibr_rasterization
 from warp_kernels.reference import dibr_rasterization as torch_dibr_rasterization
 
@@ -74,6 +74,7 @@ def rasterize(
     face_features: Tensor | list[Tensor],
     face_normals_z: Tensor,
     backend: str = "warp",
+    soft_mask: bool = True,
     **dibr_kwargs,
 ) -> RasterOutput:
     """DIB-R rasterization (Kaolin v0.18 ``dibr_rasterization``) with a selectable backend.
@@ -87,11 +88,74 @@ def rasterize(
         face_features: (B, F, 3, D) per face-vertex features, or a list of (B, F, 3, D_i).
         face_normals_z: (B, F); faces with negative values are not drawn.
         backend: "warp" (default), "torch" or "kaolin" (CUDA tensors and a real Kaolin install).
+        soft_mask: False skips the soft mask (where it is not used, e.g. shadow maps) and returns the
+            hard coverage in its place (1 on covered pixels, 0 elsewhere, no gradient).
         **dibr_kwargs: sigmainv, boxlen, knum, multiplier, eps (Kaolin's defaults 7000, 0.02, 30, 1000, 1e-8).
 
     Returns:
         RasterOutput with features (B, H, W, D), soft_mask (B, H, W) and face_idx (B, H, W).
     """
+    _check_arguments(backend, dibr_kwargs)
+    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
+    check_dibr_inputs(*args, dibr_kwargs.get("knum", 30))
+    if backend == "warp":
+        result = warp_dibr_rasterization(*args, soft_mask=soft_mask, **dibr_kwargs)
+    elif backend == "torch":
+        result = torch_dibr_rasterization(*args, soft_mask=soft_mask, **dibr_kwargs)
+    else:
+        features, soft, face_idx = _kaolin_dibr(*args, **dibr_kwargs)
+        result = (features, soft if soft_mask else (face_idx >= 0).to(soft.dtype), face_idx)
+    return RasterOutput(*result)
+
+
+@dataclass(frozen=True)
+class PackedRasterOutput:
+    """The rasterizer's output with the features at the covered pixels only.
+
+    Attributes:
+        features: (N, D) interpolated features of the N covered pixels.
+        flat_index: (N,) long increasing index of the covered pixels into the flattened (B * H * W) image.
+        soft_mask: (B, H, W) DIB-R soft silhouette (or the hard coverage with ``soft_mask=False``).
+        face_idx: (B, H, W) long visible face, -1 on background.
+    """
+
+    features: Tensor
+    flat_index: Tensor
+    soft_mask: Tensor
+    face_idx: Tensor
+
+
+def rasterize_packed(
+    height: int,
+    width: int,
+    face_vertices_z: Tensor,
+    face_vertices_image: Tensor,
+    face_features: Tensor,
+    face_normals_z: Tensor,
+    backend: str = "warp",
+    soft_mask: bool = True,
+    **dibr_kwargs,
+) -> PackedRasterOutput:
+    """``rasterize`` returning the features at the covered pixels only (same values and gradients as
+    gathering the dense features where ``face_idx >= 0``).
+
+    The Warp backend never builds the dense (B, H, W, D) feature image nor its gradient; the torch and
+    Kaolin backends rasterize densely and gather.
+    """
+    _check_arguments(backend, dibr_kwargs)
+    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
+    if backend == "warp":
+        features, soft, face_idx, flat_index = dibr_rasterization_packed(
+            *args, soft_mask=soft_mask, **dibr_kwargs
+        )
+        return PackedRasterOutput(features, flat_index, soft, face_idx)
+    dense = rasterize(*args, backend=backend, soft_mask=soft_mask, **dibr_kwargs)
+    flat_index = (dense.face_idx.reshape(-1) >= 0).nonzero()[:, 0]
+    features = dense.features.reshape(-1, dense.features.shape[-1])[flat_index]
+    return PackedRasterOutput(features, flat_index, dense.soft_mask, dense.face_idx)
+
+
+def _check_arguments(backend: str, dibr_kwargs: dict) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     unknown = set(dibr_kwargs) - {"sigmainv", "boxlen", "knum", "multiplier", "eps"}
@@ -99,12 +163,3 @@ def rasterize(
         raise ValueError(
             f"unknown DIB-R arguments {sorted(unknown)}; expected sigmainv, boxlen, knum, multiplier, eps"
         )
-    args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
-    check_dibr_inputs(*args, dibr_kwargs.get("knum", 30))
-    if backend == "warp":
-        result = warp_dibr_rasterization(*args, **dibr_kwargs)
-    elif backend == "torch":
-        result = torch_dibr_rasterization(*args, **dibr_kwargs)
-    else:
-        result = _kaolin_dibr(*args, **dibr_kwargs)
-    return RasterOutput(*result)

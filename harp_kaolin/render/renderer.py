@@ -21,13 +21,14 @@ N covered pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
 from harp_kaolin.geometry import vertex_normals
 from harp_kaolin.render.camera import Camera, project_mesh
-from harp_kaolin.render.rasterize import rasterize
+from harp_kaolin.render.rasterize import rasterize_packed
 from harp_kaolin.render.shading import (
     SHADOW_BIAS,
     SHADOW_SHARPNESS,
@@ -43,6 +44,7 @@ from harp_kaolin.render.texture import (
     wedge_signs,
     wedges,
 )
+from warp_kernels.interpolate import interpolate as warp_interpolate
 from warp_kernels.shading import composite as warp_composite
 from warp_kernels.shading import fused_shade
 from warp_kernels.shading import surface_frames as warp_surface_frames
@@ -54,36 +56,75 @@ BACKENDS = ("warp", "torch", "kaolin")
 class RenderOutput:
     """Rendered images.
 
+    ``image``, ``silhouette`` and ``face_idx`` are made by every render; ``normals``, ``visibility`` and
+    ``depth`` are unpacked from the covered pixels on first access (a fitting step reads none of them).
+
     Attributes:
         image: (B, H, W, 3) shaded colour composited over the background with the soft mask.
         silhouette: (B, H, W) DIB-R soft mask in [0, 1] (1 on covered pixels).
+        face_idx: (B, H, W) long index of the visible face, -1 on background.
+        pixels: the covered pixels (packed), with their camera-space positions.
+        pixel_normals: (N, 3) unit shading normals of the covered pixels.
+        pixel_visibility: (N,) shadow visibility of the covered pixels, None with shadows off.
         normals: (B, H, W, 3) unit shading normals (normal map applied), camera coordinates; 0 on background.
         visibility: (B, H, W) shadow visibility V in [0, 1]; 1 on background and with shadows off.
         depth: (B, H, W) camera z of the visible surface, meters; 0 on background.
-        face_idx: (B, H, W) long index of the visible face, -1 on background.
     """
 
     image: Tensor
     silhouette: Tensor
-    normals: Tensor
-    visibility: Tensor
-    depth: Tensor
     face_idx: Tensor
+    pixels: Pixels
+    pixel_normals: Tensor
+    pixel_visibility: Tensor | None
+
+    @cached_property
+    def normals(self) -> Tensor:
+        return unpack(self.pixel_normals, self.pixels, self.face_idx.shape)
+
+    @cached_property
+    def visibility(self) -> Tensor:
+        if self.pixel_visibility is None:
+            return torch.ones_like(self.silhouette)
+        return unpack(self.pixel_visibility, self.pixels, self.face_idx.shape, fill=1.0)
+
+    @cached_property
+    def depth(self) -> Tensor:
+        return unpack(self.pixels.position[:, 2], self.pixels, self.face_idx.shape)
 
 
 @dataclass(frozen=True)
 class Fragments:
-    """Main-pass rasterization.
+    """Main-pass rasterization, covered pixels packed (N of them, in flat-index order).
 
     Attributes:
-        barycentrics: (B, H, W, 3) screen-space barycentrics of the visible face (0 on background).
+        barycentrics: (N, 3) screen-space barycentrics of the visible face at the covered pixels.
+        flat_index: (N,) long index of the covered pixels into the flattened (B * H * W) image.
+        batch_index: (N,) long batch item of each covered pixel.
+        face: (N,) long visible face of each covered pixel.
         soft_mask: (B, H, W) DIB-R soft silhouette.
         face_idx: (B, H, W) long visible face, -1 on background.
     """
 
     barycentrics: Tensor
+    flat_index: Tensor
+    batch_index: Tensor
+    face: Tensor
     soft_mask: Tensor
     face_idx: Tensor
+
+    @classmethod
+    def from_dense(cls, barycentrics: Tensor, soft_mask: Tensor, face_idx: Tensor) -> Fragments:
+        """Pack (B, H, W, 3) barycentrics (differentiably) at the pixels where ``face_idx >= 0``."""
+        flat_index, batch_index = covered_pixels(face_idx)
+        return cls(
+            barycentrics=barycentrics.reshape(-1, 3)[flat_index],
+            flat_index=flat_index,
+            batch_index=batch_index,
+            face=face_idx.reshape(-1)[flat_index],
+            soft_mask=soft_mask,
+            face_idx=face_idx,
+        )
 
 
 @dataclass(frozen=True)
@@ -158,14 +199,17 @@ def rasterize_mesh(
     """
     b, f = vertices.shape[0], faces.shape[0]
     corners = torch.eye(3, dtype=vertices.dtype, device=vertices.device).expand(b, f, 3, 3)
-    out = rasterize(
-        camera.height,
-        camera.width,
-        *project_mesh(camera, vertices, faces, corners),
-        backend=backend,
-        **options,
+    inputs = project_mesh(camera, vertices, faces, corners)
+    out = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, **options)
+    flat_index = out.flat_index
+    return Fragments(
+        barycentrics=out.features,
+        flat_index=flat_index,
+        batch_index=flat_index // (camera.height * camera.width),
+        face=out.face_idx.reshape(-1)[flat_index],
+        soft_mask=out.soft_mask,
+        face_idx=out.face_idx,
     )
-    return Fragments(barycentrics=out.features, soft_mask=out.soft_mask, face_idx=out.face_idx)
 
 
 def covered_pixels(face_idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,10 +238,8 @@ def interpolate_pixels(
     Returns:
         Pixels.
     """
-    face_idx = fragments.face_idx
-    flat_index, batch_index = covered_pixels(face_idx)
-    face = face_idx.reshape(-1)[flat_index]
-    w = fragments.barycentrics.reshape(-1, 3)[flat_index][..., None]  # (N, 3, 1)
+    flat_index, batch_index, face = fragments.flat_index, fragments.batch_index, fragments.face
+    w = fragments.barycentrics[..., None]  # (N, 3, 1)
 
     def lerp(values: Tensor, corner_index: Tensor) -> Tensor:
         """Interpolate (B, K, C) per-element values; corner_index (F, 3) picks a face's elements."""
@@ -221,13 +263,11 @@ def interpolate_pixels(
 
 
 def interpolate_positions(fragments: Fragments, vertices: Tensor, faces: Tensor) -> Pixels:
-    """Covered pixels with only their interpolated positions (the input of ``shade_pixels_fused``)."""
-    flat_index, batch_index = covered_pixels(fragments.face_idx)
-    face = fragments.face_idx.reshape(-1)[flat_index]
-    w = fragments.barycentrics.reshape(-1, 3)[flat_index][..., None]  # (N, 3, 1)
-    rows = (batch_index[:, None] * vertices.shape[1] + faces[face]).reshape(-1)
-    corners = vertices.reshape(-1, 3).index_select(0, rows).reshape(-1, 3, 3)
-    return Pixels(flat_index=flat_index, batch_index=batch_index, position=(corners * w).sum(1))
+    """Covered pixels with only their interpolated positions (the input of ``shade_pixels_fused``), in a
+    Warp kernel (``warp_kernels.interpolate``; its twin is ``interpolate_pixels``)."""
+    b = fragments.batch_index
+    position = warp_interpolate(fragments.barycentrics, vertices, b, fragments.face, faces)
+    return Pixels(flat_index=fragments.flat_index, batch_index=b, position=position)
 
 
 def shade_pixels_fused(
@@ -255,9 +295,8 @@ def shade_pixels_fused(
     Returns:
         colour (N, 3) and unit shading normals (N, 3).
     """
-    face = fragments.face_idx.reshape(-1)[pixels.flat_index]
     return fused_shade(
-        fragments.barycentrics, pixels.flat_index, pixels.batch_index, face, pixels.position, frames.normals,
+        fragments.barycentrics, pixels.batch_index, fragments.face, pixels.position, frames.normals,
         frames.tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light, ambient,
         visibility,
     )  # fmt: skip
@@ -393,7 +432,6 @@ class Renderer(torch.nn.Module):
             RenderOutput.
         """
         light, ambient = self._check(vertices, albedo, normal_map, light, ambient)
-        shape = (vertices.shape[0], self.camera.height, self.camera.width)
         frags = rasterize_mesh(self.camera, vertices, self.faces, self.backend, **self.raster_options)
         frames = surface_frames(
             vertices, self.faces, self.uvs, self.face_uvs, self.face_wedges, self.wedge_vertex, self.backend
@@ -420,10 +458,10 @@ class Renderer(torch.nn.Module):
         return RenderOutput(
             image=image,
             silhouette=frags.soft_mask,
-            normals=unpack(normals, pixels, shape),
-            visibility=unpack(torch.ones_like(colour[:, 0]) if vis is None else vis, pixels, shape, fill=1.0),
-            depth=unpack(pixels.position[:, 2], pixels, shape),
             face_idx=frags.face_idx,
+            pixels=pixels,
+            pixel_normals=normals,
+            pixel_visibility=vis,
         )
 
     def _background(self, like: Tensor) -> float | Tensor:

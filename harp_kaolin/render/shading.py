@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from harp_kaolin.render.camera import Camera, project_mesh
-from harp_kaolin.render.rasterize import rasterize
+from harp_kaolin.render.rasterize import rasterize_packed
 from warp_kernels import reference
-from warp_kernels.shadow import check_pcf_inputs
+from warp_kernels.shadow import check_pcf_inputs, project_points
 from warp_kernels.shadow import pcf_visibility as warp_pcf_visibility
 
 SHADOW_SIZE = 256  # light-view resolution (texels per side)
@@ -180,6 +180,9 @@ def shadow_map(
 ) -> Tensor:
     """Light-view depth map, rendered with the project's rasterizer (gradients through its barycentrics).
 
+    Only the covered texels' depths are interpolated (``rasterize_packed``) and no soft mask is made:
+    a depth map has no use for either.
+
     Args:
         vertices: (B, V, 3) camera coordinates.
         faces: (F, 3) long vertex indices.
@@ -197,10 +200,12 @@ def shadow_map(
     camera = Camera(view.size, view.size, reference, reference, view.size / 2, view.size / 2)
     scaled = torch.cat([q[..., :2] * (view.focal / reference)[:, None, None], q[..., 2:]], dim=-1)
     depth = q[..., 2:][:, faces]  # (B, F, 3, 1) light-view depth, interpolated as a feature
-    out = rasterize(
-        view.size, view.size, *project_mesh(camera, scaled, faces, depth), backend=backend, **raster_options
-    )
-    return torch.where(out.face_idx >= 0, out.features[..., 0], view.far[:, None, None])
+    out = rasterize_packed(
+        view.size, view.size, *project_mesh(camera, scaled, faces, depth), backend=backend, soft_mask=False,
+        **raster_options,
+    )  # fmt: skip
+    empty = view.far.repeat_interleave(view.size * view.size)
+    return empty.index_put((out.flat_index,), out.features[:, 0]).reshape(-1, view.size, view.size)
 
 
 def pcf_visibility(
@@ -256,5 +261,8 @@ def shadow_visibility(
         raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
     view = light_view(vertices, light_position, size)
     depth_map = shadow_map(vertices, faces, view, backend, **raster_options)
-    coords, depth = view.project(points, batch_index)
+    if backend == "torch":
+        coords, depth = view.project(points, batch_index)
+    else:  # its Warp twin
+        coords, depth = project_points(points, batch_index, view.rotation, view.eye, view.focal, view.size)
     return pcf_visibility(depth_map, coords, depth, batch_index, sharpness, bias, backend=backend)

@@ -1,0 +1,158 @@
+"""Barycentric interpolation of per-vertex values at packed pixels (Warp kernels, CPU and CUDA).
+
+For each packed pixel k (batch item ``b[k]``, face ``f[k]``, barycentrics ``w[k]``):
+
+    out[k] = sum_i w[k, i] * values[b[k], faces[f[k], i]]
+
+Gradients reach ``w`` and ``values`` through a hand-written adjoint kernel. On CPU the pixels are split
+over threads (``warp_kernels.parallel``), each accumulating the vertex gradient in a private copy.
+The pure-torch twin is ``harp_kaolin.render.renderer.interpolate_pixels`` (its ``position``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import warp as wp
+from torch import Tensor
+
+from warp_kernels import parallel
+
+wp.set_module_options({"enable_backward": False})
+
+
+@wp.kernel
+def _interpolate(
+    bary: wp.array2d(dtype=Any),
+    batch_index: wp.array(dtype=wp.int32),
+    face: wp.array(dtype=wp.int32),
+    faces: wp.array2d(dtype=wp.int32),
+    values: wp.array3d(dtype=Any),
+    out: wp.array2d(dtype=Any),
+):
+    k = wp.tid()
+    b = batch_index[k]
+    f = face[k]
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    w0 = bary[k, 0]
+    w1 = bary[k, 1]
+    w2 = bary[k, 2]
+    for c in range(values.shape[2]):
+        out[k, c] = w0 * values[b, i0, c] + w1 * values[b, i1, c] + w2 * values[b, i2, c]
+
+
+@wp.kernel
+def _interpolate_backward(
+    bary: wp.array2d(dtype=Any),
+    batch_index: wp.array(dtype=wp.int32),
+    face: wp.array(dtype=wp.int32),
+    faces: wp.array2d(dtype=wp.int32),
+    values: wp.array3d(dtype=Any),
+    adj_out: wp.array2d(dtype=Any),
+    adj_bary: wp.array2d(dtype=Any),
+    adj_values: wp.array3d(dtype=Any),
+):
+    k = wp.tid()
+    b = batch_index[k]
+    f = face[k]
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    w0 = bary[k, 0]
+    w1 = bary[k, 1]
+    w2 = bary[k, 2]
+    g0 = type(w0)(0.0)
+    g1 = type(w0)(0.0)
+    g2 = type(w0)(0.0)
+    for c in range(values.shape[2]):
+        g = adj_out[k, c]
+        g0 += g * values[b, i0, c]
+        g1 += g * values[b, i1, c]
+        g2 += g * values[b, i2, c]
+        wp.atomic_add(adj_values, b, i0, c, w0 * g)
+        wp.atomic_add(adj_values, b, i1, c, w1 * g)
+        wp.atomic_add(adj_values, b, i2, c, w2 * g)
+    adj_bary[k, 0] = g0
+    adj_bary[k, 1] = g1
+    adj_bary[k, 2] = g2
+
+
+parallel.declare_float_overloads(globals())
+
+
+def _launch(kernel, tensors: list[Tensor], dim: int) -> None:
+    device = tensors[0].device
+    scalar = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
+    arrays = [
+        wp.from_torch(t, dtype=wp.int32 if t.dtype == torch.int32 else scalar, requires_grad=False)
+        for t in tensors
+    ]
+    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+    wp.launch(kernel, dim=dim, inputs=arrays, device=wp.device_from_torch(device), stream=stream)
+
+
+class _Interpolate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, bary, values, batch_index, face, faces):
+        wp.init()  # no-op after the first call; Warp is never initialized at import
+        bary, values = bary.detach().contiguous(), values.detach().contiguous()
+        out = values.new_empty(bary.shape[0], values.shape[2])
+        parts = parallel.split(bary.device, bary.shape[0])
+
+        def job(sl):
+            _launch(
+                _interpolate,
+                [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]],
+                sl.stop - sl.start,
+            )
+
+        if bary.shape[0]:
+            parallel.run(bary.device, __name__, parts, job)
+        ctx.save_for_backward(bary, values, batch_index, face, faces)
+        return out
+
+    @staticmethod
+    def backward(ctx, adj_out):
+        bary, values, batch_index, face, faces = ctx.saved_tensors
+        adj_out = adj_out.contiguous()
+        adj_bary = torch.empty_like(bary)
+        parts = parallel.split(bary.device, bary.shape[0])
+        sums = parallel.private_zeros(torch.zeros_like(values), len(parts))
+
+        def job(k):
+            sl = parts[k]
+            tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl], sums[k]]
+            _launch(_interpolate_backward, tensors, sl.stop - sl.start)
+
+        if bary.shape[0]:
+            parallel.run(bary.device, __name__, list(range(len(parts))), job)
+        return adj_bary, parallel.reduce_parts(sums), None, None, None
+
+
+def interpolate(bary: Tensor, values: Tensor, batch_index: Tensor, face: Tensor, faces: Tensor) -> Tensor:
+    """Interpolate per-vertex values at packed pixels.
+
+    Args:
+        bary: (N, 3) barycentrics of each pixel in its face.
+        values: (B, V, C) per-vertex values.
+        batch_index: (N,) integer batch item of each pixel; face: (N,) integer face of each pixel.
+        faces: (F, 3) integer vertex indices.
+
+    Returns:
+        (N, C) interpolated values, dtype of ``values``; differentiable w.r.t. ``bary`` and ``values``.
+    """
+    n = bary.shape[0]
+    if bary.dim() != 2 or bary.shape[1] != 3:
+        raise ValueError(f"bary must have shape (N, 3), got {tuple(bary.shape)}")
+    if values.dim() != 3:
+        raise ValueError(f"values must have shape (B, V, C), got {tuple(values.shape)}")
+    for name, t in (("batch_index", batch_index), ("face", face)):
+        if t.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
+    ints = [t.to(torch.int32).contiguous() for t in (batch_index, face, faces)]
+    return _Interpolate.apply(bary.to(values.dtype), values, *ints)

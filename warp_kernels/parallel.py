@@ -1,0 +1,110 @@
+"""Run Warp CPU launches on several cores.
+
+Warp runs a CPU launch on the calling thread, one thread after the other, and releases the GIL while it
+runs; so the work of one launch can be spread over cores by splitting its index range into contiguous
+parts and launching each part from its own Python thread. On CUDA a launch already uses the whole GPU:
+there is one part.
+
+Warp's ``atomic_add`` is a plain read-modify-write on CPU (launches are sequential there), so parts that
+run at the same time must never accumulate into the same array element: give each part its own
+accumulator (``private_zeros``) and add them up afterwards (``reduce_parts``), or split at boundaries
+that keep the targets disjoint (e.g. whole batch items).
+
+    parts = split(device, n)                       # [slice, ...]
+    run(device, module, parts, lambda part: launch_on(part))
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import warp as wp
+
+MIN_ITEMS_PER_PART = 2048  # below this the thread hand-off costs more than it saves
+
+_POOL: list = []  # [ThreadPoolExecutor, its size] once created
+_LOADED: set = set()
+
+
+def num_parts(device: torch.device, n: int, min_items: int | None = None) -> int:
+    """How many parts to split ``n`` items into: up to ``torch.get_num_threads()`` on CPU, 1 on CUDA;
+    each part gets at least ``min_items`` (default ``MIN_ITEMS_PER_PART``)."""
+    min_items = MIN_ITEMS_PER_PART if min_items is None else min_items
+    if device.type != "cpu" or n < 2 * min_items:
+        return 1
+    return max(1, min(torch.get_num_threads(), n // min_items))
+
+
+def split(device: torch.device, n: int, min_items: int | None = None) -> list[slice]:
+    """Contiguous, near-equal slices covering ``range(n)`` (one slice on CUDA or for small ``n``)."""
+    parts = num_parts(device, n, min_items)
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def split_at(device: torch.device, keys: torch.Tensor, min_items: int | None = None) -> list[slice]:
+    """Like ``split`` for a sorted key per item (e.g. the batch index), moving every cut to a key change so
+    that no key spans two parts (fewer parts when the keys are too few)."""
+    n = keys.shape[0]
+    cuts = [s.start for s in split(device, n, min_items)[1:]]
+    if not cuts:
+        return [slice(0, n)]
+    at = torch.searchsorted(keys, keys[cuts], right=False).tolist()  # first item of each cut's key
+    bounds = sorted({0, n, *at})
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def declare_float_overloads(namespace: dict) -> None:
+    """Instantiate every generic (``Any``-typed) kernel in ``namespace`` for float32 and float64.
+
+    Call at the end of a kernel module (``declare_float_overloads(globals())``): the module is then built
+    once, with all its overloads, before any launch. A generic kernel that got its overload at launch
+    time would rebuild the module there, and two threads launching at once would race on it.
+    """
+    kernels = [k for k in namespace.values() if isinstance(k, wp.Kernel) and k.is_generic]
+    for kernel in kernels:
+        for scalar in (wp.float32, wp.float64):
+            types = {}
+            for name, arg in kernel.adj.arg_types.items():
+                if arg is Any:
+                    types[name] = scalar
+                elif wp.types.is_array(arg) and arg.dtype is Any:
+                    types[name] = wp.array(dtype=scalar, ndim=arg.ndim)
+            wp.overload(kernel, types)
+
+
+def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
+    """``[job(item) for item in items]``, on a thread pool when there are several items.
+
+    ``module`` is the ``__name__`` of the module whose kernels the jobs launch: it is built and loaded
+    once before the threads start, so they never race on compiling it.
+    """
+    if len(items) == 1:
+        return [job(items[0])]
+    wp_device = wp.device_from_torch(device)
+    if (module, wp_device.alias) not in _LOADED:
+        wp.load_module(sys.modules[module], device=wp_device)
+        _LOADED.add((module, wp_device.alias))
+    if not _POOL or _POOL[1] < len(items):
+        if _POOL:
+            _POOL[0].shutdown(wait=False)  # its threads end once idle
+        _POOL[:] = [ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="warp-cpu"), len(items)]
+    return list(_POOL[0].map(job, items))
+
+
+def private_zeros(like: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """One zeroed accumulator per part: ``like`` itself (zeroed by the caller) for the first part, fresh
+    zeros for the others."""
+    return [like] + [torch.zeros_like(like) for _ in range(parts - 1)]
+
+
+def reduce_parts(accumulators: list[torch.Tensor]) -> torch.Tensor:
+    """Sum the per-part accumulators into the first one (returned)."""
+    total = accumulators[0]
+    for extra in accumulators[1:]:
+        total.add_(extra)
+    return total
