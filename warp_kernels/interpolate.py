@@ -83,17 +83,6 @@ def _interpolate_backward(
 parallel.declare_float_overloads(globals())
 
 
-def _launch(kernel, tensors: list[Tensor], dim: int) -> None:
-    device = tensors[0].device
-    scalar = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
-    arrays = [
-        wp.from_torch(t, dtype=wp.int32 if t.dtype == torch.int32 else scalar, requires_grad=False)
-        for t in tensors
-    ]
-    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
-    wp.launch(kernel, dim=dim, inputs=arrays, device=wp.device_from_torch(device), stream=stream)
-
-
 class _Interpolate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bary, values, batch_index, face, faces):
@@ -103,11 +92,8 @@ class _Interpolate(torch.autograd.Function):
         parts = parallel.split(bary.device, bary.shape[0])
 
         def job(sl):
-            _launch(
-                _interpolate,
-                [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]],
-                sl.stop - sl.start,
-            )
+            args = [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]]
+            parallel.launch(_interpolate, sl.stop - sl.start, args)
 
         if bary.shape[0]:
             parallel.run(bary.device, __name__, parts, job)
@@ -125,7 +111,7 @@ class _Interpolate(torch.autograd.Function):
         def job(k):
             sl = parts[k]
             tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl], sums[k]]
-            _launch(_interpolate_backward, tensors, sl.stop - sl.start)
+            parallel.launch(_interpolate_backward, sl.stop - sl.start, tensors)
 
         if bary.shape[0]:
             parallel.run(bary.device, __name__, list(range(len(parts))), job)

@@ -77,6 +77,25 @@ def declare_float_overloads(namespace: dict) -> None:
             wp.overload(kernel, types)
 
 
+def launch(kernel, dim: int, args: list) -> None:
+    """``wp.launch`` on the device of the first argument (a tensor), on CUDA in torch's current stream.
+
+    int32 tensors become int32 arrays, other tensors arrays of the first tensor's float type (float32 or
+    float64), Python floats scalars of that type; anything else is passed as it is.
+    """
+    device = args[0].device
+    scalar = wp.float64 if args[0].dtype == torch.float64 else wp.float32
+    inputs = []
+    for a in args:
+        if torch.is_tensor(a):
+            a = wp.from_torch(a, dtype=wp.int32 if a.dtype == torch.int32 else scalar, requires_grad=False)
+        elif isinstance(a, float):
+            a = scalar(a)
+        inputs.append(a)
+    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+    wp.launch(kernel, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
+
+
 def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
     """``[job(item) for item in items]``, on a thread pool when there are several items.
 

@@ -151,24 +151,9 @@ for _t in (wp.float32, wp.float64):
     )
 
 
-def _launch(kernel, tensors: list[Tensor], sharpness: float, bias: float) -> None:
-    """Launch over the points of ``tensors`` (in kernel order, the depth map first) on their device,
-    on CUDA in torch's current stream."""
-    device = tensors[0].device
-    dtype = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
-    arrays = [
-        wp.from_torch(t, dtype=wp.int32 if t.dtype == torch.int32 else dtype, requires_grad=False)
-        for t in tensors
-    ]
-    inputs = [*arrays[:4], dtype(sharpness), dtype(bias), *arrays[4:]]
-    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
-    wp.launch(
-        kernel, dim=tensors[1].shape[0], inputs=inputs, device=wp.device_from_torch(device), stream=stream
-    )
-
-
 def _launch_parts(kernel, shared: list[Tensor], per_point: list[Tensor], sharpness, bias, accumulator=None):
-    """``_launch`` with the points split over the CPU threads (``warp_kernels.parallel``).
+    """Launch over the points (kernel argument order: the depth map first, then the per-point arrays, the
+    scalars after the first four), split over the CPU threads (``warp_kernels.parallel``).
 
     ``shared`` are the depth map (and, for the backward, its gradient ``accumulator``, summed over the
     parts' private copies since Warp's CPU atomics are plain adds); ``per_point`` are sliced per part.
@@ -183,7 +168,8 @@ def _launch_parts(kernel, shared: list[Tensor], per_point: list[Tensor], sharpne
         tensors = [shared[0], *(t[sl] for t in per_point[:4])]  # map, coords, depth, batch, 4th
         if sums is not None:  # backward: the 4th is adj_visibility; then adj_map, adj_coords, adj_depth
             tensors += [sums[k], *(t[sl] for t in per_point[4:])]
-        _launch(kernel, tensors, sharpness, bias)
+        args = [*tensors[:4], float(sharpness), float(bias), *tensors[4:]]
+        parallel.launch(kernel, tensors[1].shape[0], args)
 
     parallel.run(device, __name__, list(range(len(parts))), job)
     if sums is not None:
@@ -291,19 +277,6 @@ for _t in (wp.float32, wp.float64):
     wp.overload(_project_backward, [*_inputs, *_adj, wp.array2d(dtype=_t)])
 
 
-def _launch_points(kernel, tensors: list, dim: int) -> None:
-    """Launch over ``dim`` points; Python scalars in ``tensors`` become Warp scalars of the arrays' dtype."""
-    device = tensors[0].device
-    dtype = wp.float64 if tensors[0].dtype == torch.float64 else wp.float32
-    inputs = [
-        dtype(t) if isinstance(t, float) else
-        wp.from_torch(t, dtype=wp.int32 if t.dtype == torch.int32 else dtype, requires_grad=False)
-        for t in tensors
-    ]  # fmt: skip
-    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
-    wp.launch(kernel, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
-
-
 class LightProjection(torch.autograd.Function):
     """Autograd bridge of the projection kernels (hand-written adjoint)."""
 
@@ -318,7 +291,7 @@ class LightProjection(torch.autograd.Function):
 
         def job(sl):
             tensors = [points[sl], batch_index[sl], rotation, eye, focal, size / 2, coords[sl], depth[sl]]
-            _launch_points(_project_forward, tensors, sl.stop - sl.start)
+            parallel.launch(_project_forward, sl.stop - sl.start, tensors)
 
         if n:
             parallel.run(points.device, __name__, parts, job)
@@ -341,7 +314,7 @@ class LightProjection(torch.autograd.Function):
             sl = parts[k]
             tensors = [points[sl], batch_index[sl], rotation, eye, focal, adj_coords[sl], adj_depth[sl]]
             tensors += [adj_points[sl], rotations[k], eyes[k]]
-            _launch_points(_project_backward, tensors, sl.stop - sl.start)
+            parallel.launch(_project_backward, sl.stop - sl.start, tensors)
 
         if n:
             parallel.run(points.device, __name__, list(range(len(parts))), job)
