@@ -261,6 +261,34 @@ def _hard_pass(
                     wp.atomic_min(fidx, p, f)
 
 
+@wp.func
+def _write_features(
+    vim: wp.array(dtype=Any),
+    feats: wp.array(dtype=Any),
+    faces: int,
+    dims: int,
+    f: int,
+    p: int,
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    eps: Any,
+    out: wp.array(dtype=Any),
+    row: int,
+):
+    """Row ``row`` of ``out``: face f's features interpolated at pixel p with Kaolin's barycentrics."""
+    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    v = (b * faces + f) * 6
+    w0, w1, w2, norm = _crosses(
+        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+    )
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
+    c = (b * faces + f) * 3 * dims
+    for d in range(dims):
+        out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+
+
 @wp.kernel
 def _interpolate(
     vim: wp.array(dtype=Any),
@@ -286,17 +314,7 @@ def _interpolate(
         return
     face_idx[p] = wp.int64(f)
     soft[p] = type(eps)(1.0)
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
-    v = (b * faces + f) * 6
-    w0, w1, w2, norm = _crosses(
-        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-    )
-    w0 = w0 / norm
-    w1 = w1 / norm
-    w2 = w2 / norm
-    c = (b * faces + f) * 3 * dims
-    for d in range(dims):
-        out[p * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+    _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, p)
 
 
 @wp.kernel
@@ -316,17 +334,7 @@ def _interpolate_packed(
     k = wp.tid()
     p = int(flat[k])
     f = fidx[p]
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
-    v = (b * faces + f) * 6
-    w0, w1, w2, norm = _crosses(
-        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-    )
-    w0 = w0 / norm
-    w1 = w1 / norm
-    w2 = w2 / norm
-    c = (b * faces + f) * 3 * dims
-    for d in range(dims):
-        out[k * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+    _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, k)
 
 
 @wp.func
