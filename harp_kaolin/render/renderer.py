@@ -199,7 +199,7 @@ def rasterize_mesh(
     """
     b, f = vertices.shape[0], faces.shape[0]
     corners = torch.eye(3, dtype=vertices.dtype, device=vertices.device).expand(b, f, 3, 3)
-    inputs = project_mesh(camera, vertices, faces, corners)
+    inputs = project_mesh(camera, vertices, faces, corners, "warp" if backend == "warp" else "torch")
     out = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, **options)
     flat_index = out.flat_index
     return Fragments(

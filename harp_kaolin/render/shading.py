@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harp_kaolin.render.camera import Camera, project_mesh
+from harp_kaolin.render.camera import Camera, face_inputs
 from harp_kaolin.render.rasterize import rasterize_packed
 from warp_kernels import reference
 from warp_kernels.shadow import check_pcf_inputs, project_points
@@ -199,11 +199,11 @@ def shadow_map(
     reference = view.size / 2
     camera = Camera(view.size, view.size, reference, reference, view.size / 2, view.size / 2)
     scaled = torch.cat([q[..., :2] * (view.focal / reference)[:, None, None], q[..., 2:]], dim=-1)
-    depth = q[..., 2:][:, faces]  # (B, F, 3, 1) light-view depth, interpolated as a feature
+    fvz, fvi, fnz = face_inputs(scaled, faces, camera, "warp" if backend == "warp" else "torch")
+    depth = -fvz[..., None]  # (B, F, 3, 1) light-view depth of the corners, interpolated as a feature
     out = rasterize_packed(
-        view.size, view.size, *project_mesh(camera, scaled, faces, depth), backend=backend, soft_mask=False,
-        **raster_options,
-    )  # fmt: skip
+        view.size, view.size, fvz, fvi, depth, fnz, backend=backend, soft_mask=False, **raster_options
+    )
     empty = view.far.repeat_interleave(view.size * view.size)
     return empty.index_put((out.flat_index,), out.features[:, 0]).reshape(-1, view.size, view.size)
 

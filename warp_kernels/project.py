@@ -1,0 +1,212 @@
+"""Rasterizer inputs of a mesh seen by a pinhole camera, in one Warp kernel (CPU and CUDA).
+
+The Warp twin of ``harp_kaolin.render.camera.face_inputs`` (see that module for the conventions): per
+batch item b and face f, with the face's vertices ``p_k = points[b, faces[f, k]]`` (OpenCV camera
+coordinates, z > 0),
+
+    face_vertices_z[b, f, k]        = -z_k
+    face_vertices_image[b, f, k]    = (2 (fx x_k / z_k + cx) / W - 1,  1 - 2 (fy y_k / z_k + cy) / H)
+    face_normals_z[b, f]            = cos(outward normal, direction from the centroid to the eye)
+
+computed with the same float operations in the same order as the torch function, so both give the same
+bits (no FMA contraction here). The facing cosine carries no gradient, as in the torch function. The
+backward scatters the corner gradients of ``face_vertices_z`` and ``face_vertices_image`` to the points
+with a hand-written adjoint; on CPU the batch is split over threads (``warp_kernels.parallel``), whole
+items per thread, so no two threads ever add into the same point.
+
+It replaces, for the Warp backend, a gather of 3 x F corners from V points per item and some thirty
+elementwise torch operations over B x F faces (and their backward index_add).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import warp as wp
+from torch import Tensor
+
+from warp_kernels import parallel
+
+wp.set_module_options({"enable_backward": False, "fuse_fp": False})
+
+TINY = 1e-20  # as harp_kaolin.render.camera._TINY: the cosine of a degenerate face is 0
+
+
+@wp.kernel
+def _project_faces(
+    points: wp.array3d(dtype=Any),
+    faces: wp.array2d(dtype=wp.int32),
+    fx: Any,
+    fy: Any,
+    cx: Any,
+    cy: Any,
+    width: Any,
+    height: Any,
+    fvz: wp.array3d(dtype=Any),
+    fvi: wp.array4d(dtype=Any),
+    fnz: wp.array2d(dtype=Any),
+):
+    b, f = wp.tid()
+    i0 = faces[f, 0]
+    i1 = faces[f, 1]
+    i2 = faces[f, 2]
+    two = type(fx)(2.0)
+    one = type(fx)(1.0)
+    for k in range(3):
+        v = faces[f, k]
+        z = points[b, v, 2]
+        u = fx * points[b, v, 0] / z + cx
+        w = fy * points[b, v, 1] / z + cy
+        fvz[b, f, k] = -z
+        fvi[b, f, k, 0] = two * u / width - one
+        fvi[b, f, k, 1] = one - two * w / height
+    # facing cosine, operation for operation as camera.face_inputs
+    p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
+    p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
+    p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
+    e1 = p1 - p0
+    e2 = p2 - p0
+    three = type(fx)(3.0)
+    nx = e1[1] * e2[2] - e1[2] * e2[1]
+    ny = e1[2] * e2[0] - e1[0] * e2[2]
+    nz = e1[0] * e2[1] - e1[1] * e2[0]
+    tx = -(p0[0] + p1[0] + p2[0]) / three
+    ty = -(p0[1] + p1[1] + p2[1]) / three
+    tz = -(p0[2] + p1[2] + p2[2]) / three
+    dot = nx * tx + ny * ty + nz * tz
+    n2 = nx * nx + ny * ny + nz * nz
+    t2 = tx * tx + ty * ty + tz * tz
+    fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(fx)(TINY))
+
+
+@wp.kernel
+def _project_faces_backward(
+    points: wp.array3d(dtype=Any),
+    faces: wp.array2d(dtype=wp.int32),
+    fx: Any,
+    fy: Any,
+    width: Any,
+    height: Any,
+    adj_fvz: wp.array3d(dtype=Any),
+    adj_fvi: wp.array4d(dtype=Any),
+    adj_points: wp.array3d(dtype=Any),
+):
+    """adj_points[b, v] += d(fvz, fvi)/d(points) of every face corner at v; adj_fvz may be empty."""
+    b, f = wp.tid()
+    two = type(fx)(2.0)
+    sx = two * fx / width  # d ndc_x / d (x / z)
+    sy = two * fy / height  # -d ndc_y / d (y / z)
+    for k in range(3):
+        v = faces[f, k]
+        x = points[b, v, 0]
+        y = points[b, v, 1]
+        z = points[b, v, 2]
+        gx = adj_fvi[b, f, k, 0] * sx / z
+        gy = adj_fvi[b, f, k, 1] * sy / z
+        gz = gy * y / z - gx * x / z
+        if adj_fvz.shape[0] > 0:
+            gz = gz - adj_fvz[b, f, k]
+        wp.atomic_add(adj_points, b, v, 0, gx)
+        wp.atomic_add(adj_points, b, v, 1, -gy)
+        wp.atomic_add(adj_points, b, v, 2, gz)
+
+
+parallel.declare_float_overloads(globals())
+
+
+def _scalar(dtype: torch.dtype, value: float):
+    return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
+
+
+def _arrays(tensors: list) -> list:
+    """Warp views of tensors: int32 ones as they are, float ones of their dtype."""
+    return [wp.from_torch(t, requires_grad=False) for t in tensors]
+
+
+class _ProjectFaces(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points, faces, intrinsics, size):
+        wp.init()  # no-op after the first call; Warp is never initialized at import
+        points = points.detach().contiguous()
+        batch, count = points.shape[0], faces.shape[0]
+        fx, fy, cx, cy = (_scalar(points.dtype, v) for v in intrinsics)
+        width, height = (_scalar(points.dtype, float(v)) for v in size)
+        fvz = points.new_empty(batch, count, 3)
+        fvi = points.new_empty(batch, count, 3, 2)
+        fnz = points.new_empty(batch, count)
+        device = wp.device_from_torch(points.device)
+
+        def job(sl):
+            items = sl.stop - sl.start
+            arrays = _arrays([points[sl], faces, fvz[sl], fvi[sl], fnz[sl]])
+            inputs = [*arrays[:2], fx, fy, cx, cy, width, height, *arrays[2:]]
+            wp.launch(
+                _project_faces, dim=(items, count), inputs=inputs, device=device, stream=_stream(points)
+            )
+
+        if batch and count:
+            parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
+        ctx.save_for_backward(points, faces)
+        ctx.constants = (fx, fy, width, height)
+        ctx.mark_non_differentiable(fnz)
+        return fvz, fvi, fnz
+
+    @staticmethod
+    def backward(ctx, adj_fvz, adj_fvi, _adj_fnz):
+        points, faces = ctx.saved_tensors
+        if adj_fvz is None and adj_fvi is None:
+            return None, None, None, None
+        adj_points = torch.zeros_like(points)
+        batch, count = points.shape[0], faces.shape[0]
+        if adj_fvi is None:
+            adj_fvi = points.new_zeros(batch, count, 3, 2)
+        adj_fvi = adj_fvi.contiguous()
+        adj_fvz = points.new_zeros(0, 1, 1) if adj_fvz is None else adj_fvz.contiguous()
+        device = wp.device_from_torch(points.device)
+
+        def job(sl):
+            items = sl.stop - sl.start
+            fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
+            p, fc, gz, gi, gp = _arrays([points[sl], faces, fvz, adj_fvi[sl], adj_points[sl]])
+            inputs = [p, fc, *ctx.constants, gz, gi, gp]
+            wp.launch(
+                _project_faces_backward,
+                dim=(items, count),
+                inputs=inputs,
+                device=device,
+                stream=_stream(points),
+            )
+
+        if batch and count:
+            parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
+        return adj_points, None, None, None
+
+
+def _stream(t: Tensor):
+    return wp.stream_from_torch(t.device) if t.device.type == "cuda" else None
+
+
+def project_faces(
+    points: Tensor, faces: Tensor, intrinsics: tuple[float, float, float, float], size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rasterizer inputs of meshes seen by a pinhole camera (the Warp twin of ``camera.face_inputs``).
+
+    Args:
+        points: (B, V, 3) OpenCV camera coordinates (z > 0), float32 or float64.
+        faces: (F, 3) integer vertex indices, counter-clockwise seen from outside, all in [0, V).
+        intrinsics: (fx, fy, cx, cy) in pixels.
+        size: (width, height) in pixels.
+
+    Returns:
+        face_vertices_z (B, F, 3) = -z, face_vertices_image (B, F, 3, 2) NDC y up, face_normals_z (B, F)
+        (no gradient); differentiable w.r.t. ``points`` through the first two.
+    """
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must have shape (B, V, 3), got {tuple(points.shape)}")
+    if points.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"points must be float32 or float64, got {points.dtype}")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
+    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
+    return _ProjectFaces.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
