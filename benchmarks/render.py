@@ -5,8 +5,8 @@ Renders the once-subdivided anny hand, posed and placed ~0.5 m in front of a ``-
 a fixed random upstream gradient of the image (``image.backward(weights)``, the gradient of
 ``sum(image * weights)`` without making that product) to the vertices, albedo, normal map and light.
 The Warp backend and the pure-torch twins run in the same process, alternating so that machine load
-hits both alike; the median
-over ``--repeats`` runs after ``--warmup`` runs is reported (ms per batch, forward + backward).
+hits both alike; the median over ``--repeats`` runs after ``--warmup`` runs is reported (ms per batch,
+forward + backward).
 
     python benchmarks/render.py --size 448 --batch 8 --json
     python benchmarks/render.py --size 448 --batch 8 --profile     # where the Warp backend's time goes
