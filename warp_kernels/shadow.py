@@ -8,6 +8,9 @@ For each surface point seen by the main camera, transformed into the light's vie
 ``z_map`` is read with bilinear interpolation between texel centres (border texels repeat outside the
 map), so gradients reach the depth map (and through the rasterizer the occluder's vertices), the lookup
 position and the point depth (and through them the receiver's vertices and the light position).
+The 9 taps are whole texels apart, so they share one pair of bilinear weights (computed once per point;
+the twin recomputes them per tap, equal up to float rounding). The forward keeps the 9 tap values
+(N x 9) so that the adjoint needs no exp: about 3x faster backward on CPU.
 
 Texel coordinates: x right, y down, in texel units; texel (i, j) (row i, column j) has its centre at
 (j + 0.5, i + 0.5), as pixel centres in ``DESIGN.md``.
@@ -31,29 +34,25 @@ wp.set_module_options({"enable_backward": False})
 
 
 @wp.func
-def _texels(height: int, width: int, x: Any, y: Any):
-    """Clamped texel indices around (x, y) and the bilinear weights of the second ones."""
+def _cell(x: Any, y: Any):
+    """Texel column and row of the first of the bilinear pair around (x, y) (unclamped) and the weights
+    of the second ones. Shifting (x, y) by whole texels shifts the pair and keeps the weights, so the 9
+    PCF taps share them."""
     fx = x - type(x)(0.5)
     fy = y - type(y)(0.5)
     x0f = wp.floor(fx)
     y0f = wp.floor(fy)
-    x0 = int(x0f)
-    y0 = int(y0f)
-    xa = wp.clamp(x0, 0, width - 1)
-    xb = wp.clamp(x0 + 1, 0, width - 1)
-    ya = wp.clamp(y0, 0, height - 1)
-    yb = wp.clamp(y0 + 1, 0, height - 1)
-    return xa, xb, ya, yb, fx - x0f, fy - y0f
+    return int(x0f), int(y0f), fx - x0f, fy - y0f
 
 
 @wp.func
 def _sigmoid(x: Any):
-    # Both branches stay finite for any x: exp() only sees non-positive values.
+    """1 / (1 + exp(-x)), finite for any x (exp only sees non-positive values) and without a branch (the
+    sign of x is unpredictable across the taps, and a mispredicted branch costs more than the exp)."""
     one = type(x)(1.0)
-    if x >= type(x)(0.0):
-        return one / (one + wp.exp(-x))
-    e = wp.exp(x)
-    return e / (one + e)
+    e = wp.exp(-wp.abs(x))
+    s = one / (one + e)
+    return wp.where(x >= type(x)(0.0), s, e * s)
 
 
 @wp.kernel
@@ -65,23 +64,30 @@ def _pcf_forward(
     sharpness: Any,
     bias: Any,
     visibility: wp.array(dtype=Any),
+    taps: wp.array2d(dtype=Any),
 ):
+    """Visibility of each point; the 9 tap values go to ``taps`` (N, 9) for the adjoint (if not empty)."""
     tid = wp.tid()
     b = batch_index[tid]
     d = depth[tid]
     one = type(d)(1.0)
     total = type(d)(0.0)
+    height = depth_map.shape[1]
+    width = depth_map.shape[2]
+    x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
+    keep = taps.shape[0] > 0
     for dy in range(-1, 2):
+        ya = wp.clamp(y0 + dy, 0, height - 1)
+        yb = wp.clamp(y0 + dy + 1, 0, height - 1)
         for dx in range(-1, 2):
-            xa, xb, ya, yb, wx, wy = _texels(
-                depth_map.shape[1],
-                depth_map.shape[2],
-                coords[tid, 0] + type(d)(dx),
-                coords[tid, 1] + type(d)(dy),
-            )
+            xa = wp.clamp(x0 + dx, 0, width - 1)
+            xb = wp.clamp(x0 + dx + 1, 0, width - 1)
             top = (one - wx) * depth_map[b, ya, xa] + wx * depth_map[b, ya, xb]
             bottom = (one - wx) * depth_map[b, yb, xa] + wx * depth_map[b, yb, xb]
-            total += _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
+            v = _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
+            if keep:
+                taps[tid, (dy + 1) * 3 + dx + 1] = v
+            total += v
     visibility[tid] = total / type(d)(9.0)
 
 
@@ -94,6 +100,7 @@ def _pcf_backward(
     sharpness: Any,
     bias: Any,
     adj_visibility: wp.array(dtype=Any),
+    taps: wp.array2d(dtype=Any),
     adj_depth_map: wp.array3d(dtype=Any),
     adj_coords: wp.array2d(dtype=Any),
     adj_depth: wp.array(dtype=Any),
@@ -106,25 +113,24 @@ def _pcf_backward(
     gx = type(d)(0.0)
     gy = type(d)(0.0)
     gd = type(d)(0.0)
+    height = depth_map.shape[1]
+    width = depth_map.shape[2]
+    x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
     for dy in range(-1, 2):
+        ya = wp.clamp(y0 + dy, 0, height - 1)
+        yb = wp.clamp(y0 + dy + 1, 0, height - 1)
         for dx in range(-1, 2):
-            xa, xb, ya, yb, wx, wy = _texels(
-                depth_map.shape[1],
-                depth_map.shape[2],
-                coords[tid, 0] + type(d)(dx),
-                coords[tid, 1] + type(d)(dy),
-            )
+            xa = wp.clamp(x0 + dx, 0, width - 1)
+            xb = wp.clamp(x0 + dx + 1, 0, width - 1)
             z00 = depth_map[b, ya, xa]
             z01 = depth_map[b, ya, xb]
             z10 = depth_map[b, yb, xa]
             z11 = depth_map[b, yb, xb]
-            top = (one - wx) * z00 + wx * z01
-            bottom = (one - wx) * z10 + wx * z11
-            v = _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
+            v = taps[tid, (dy + 1) * 3 + dx + 1]
             gz = g * sharpness * v * (one - v)  # d loss / d z_map(tap)
             gd -= gz
             gx += gz * ((one - wy) * (z01 - z00) + wy * (z11 - z10))
-            gy += gz * (bottom - top)
+            gy += gz * (((one - wx) * z10 + wx * z11) - ((one - wx) * z00 + wx * z01))
             wp.atomic_add(adj_depth_map, b, ya, xa, gz * (one - wx) * (one - wy))
             wp.atomic_add(adj_depth_map, b, ya, xb, gz * wx * (one - wy))
             wp.atomic_add(adj_depth_map, b, yb, xa, gz * (one - wx) * wy)
@@ -144,32 +150,43 @@ for _t in (wp.float32, wp.float64):
         _t,
         _t,
     ]
-    wp.overload(_pcf_forward, [*_inputs, wp.array(dtype=_t)])
+    wp.overload(_pcf_forward, [*_inputs, wp.array(dtype=_t), wp.array2d(dtype=_t)])
     wp.overload(
         _pcf_backward,
-        [*_inputs, wp.array(dtype=_t), wp.array3d(dtype=_t), wp.array2d(dtype=_t), wp.array(dtype=_t)],
+        [
+            *_inputs,
+            wp.array(dtype=_t),
+            wp.array2d(dtype=_t),
+            wp.array3d(dtype=_t),
+            wp.array2d(dtype=_t),
+            wp.array(dtype=_t),
+        ],
     )
 
 
-def _launch_parts(kernel, shared: list[Tensor], per_point: list[Tensor], sharpness, bias, accumulator=None):
-    """Launch over the points (kernel argument order: the depth map first, then the per-point arrays, the
-    scalars after the first four), split over the CPU threads (``warp_kernels.parallel``).
+def _launch_parts(kernel, n: int, args: list, accumulator: Tensor | None = None) -> None:
+    """Launch ``kernel`` over n points, split over the CPU threads (``warp_kernels.parallel``).
 
-    ``shared`` are the depth map (and, for the backward, its gradient ``accumulator``, summed over the
-    parts' private copies since Warp's CPU atomics are plain adds); ``per_point`` are sliced per part.
+    ``args`` are the kernel's arguments: tensors with n rows are sliced per part (an empty one stays
+    empty), the depth map (3-D) and scalars are passed whole, and ``accumulator`` (the depth map's
+    gradient) is replaced by a private copy per part, summed afterwards (Warp's CPU atomics are plain
+    adds).
     """
     wp.init()  # no-op after the first call; Warp is never initialized at import
-    device = shared[0].device
-    parts = parallel.split(device, per_point[0].shape[0])
+    device = args[0].device
+    parts = parallel.split(device, n)
     sums = parallel.private_zeros(accumulator, len(parts)) if accumulator is not None else None
 
     def job(k):
         sl = parts[k]
-        tensors = [shared[0], *(t[sl] for t in per_point[:4])]  # map, coords, depth, batch, 4th
-        if sums is not None:  # backward: the 4th is adj_visibility; then adj_map, adj_coords, adj_depth
-            tensors += [sums[k], *(t[sl] for t in per_point[4:])]
-        args = [*tensors[:4], float(sharpness), float(bias), *tensors[4:]]
-        parallel.launch(kernel, tensors[1].shape[0], args)
+        tensors = []
+        for a in args:
+            if a is accumulator and sums is not None:
+                a = sums[k]
+            elif torch.is_tensor(a) and a.dim() < 3 and a.shape[0] == n:
+                a = a[sl]
+            tensors.append(a)
+        parallel.launch(kernel, sl.stop - sl.start, tensors)
 
     parallel.run(device, __name__, list(range(len(parts))), job)
     if sums is not None:
@@ -177,29 +194,34 @@ def _launch_parts(kernel, shared: list[Tensor], per_point: list[Tensor], sharpne
 
 
 class PCFVisibility(torch.autograd.Function):
-    """Autograd bridge of the Warp kernels (forward and hand-written adjoint)."""
+    """Autograd bridge of the Warp kernels (forward and hand-written adjoint); the forward keeps the 9
+    tap values of every point for the adjoint."""
 
     @staticmethod
     def forward(ctx, depth_map, coords, depth, batch_index, sharpness, bias):
         depth_map, coords, depth = (t.detach().contiguous() for t in (depth_map, coords, depth))
         batch_index = batch_index.to(torch.int32).contiguous()
+        n = depth.shape[0]
         visibility = depth.new_empty(depth.shape)
-        if depth.numel():
-            _launch_parts(
-                _pcf_forward, [depth_map], [coords, depth, batch_index, visibility], sharpness, bias
-            )
-        ctx.save_for_backward(depth_map, coords, depth, batch_index)
-        ctx.constants = (sharpness, bias)
+        needs_taps = any(ctx.needs_input_grad[:3])
+        taps = depth.new_empty((n if needs_taps else 0), 9)
+        if n:
+            point = [depth_map, coords, depth, batch_index, float(sharpness), float(bias)]
+            _launch_parts(_pcf_forward, n, [*point, visibility, taps])
+        ctx.save_for_backward(depth_map, coords, depth, batch_index, taps)
+        ctx.constants = (float(sharpness), float(bias))
         return visibility
 
     @staticmethod
     def backward(ctx, adj_visibility):
-        depth_map, coords, depth, batch_index = ctx.saved_tensors
+        depth_map, coords, depth, batch_index, taps = ctx.saved_tensors
+        n = depth.shape[0]
         adj_map = torch.zeros_like(depth_map)  # accumulated with atomics
         adj_coords, adj_depth = torch.empty_like(coords), torch.empty_like(depth)  # written per point
-        if depth.numel():
-            points = [coords, depth, batch_index, adj_visibility.contiguous(), adj_coords, adj_depth]
-            _launch_parts(_pcf_backward, [depth_map], points, *ctx.constants, accumulator=adj_map)
+        if n:
+            point = [depth_map, coords, depth, batch_index, *ctx.constants]
+            grads = [adj_visibility.contiguous(), taps, adj_map, adj_coords, adj_depth]
+            _launch_parts(_pcf_backward, n, [*point, *grads], accumulator=adj_map)
         return adj_map, adj_coords, adj_depth, None, None, None
 
 
