@@ -364,8 +364,10 @@ def _soft_boxes(
     x_scale: Any,
     y_scale: Any,
     corners: wp.array(dtype=wp.int32),
+    window: wp.array(dtype=wp.int32),
 ):
-    """Per face: +-1 at the corners of its grown pixel box in a (B, H + 1, W + 1) difference array."""
+    """Per face: +-1 at the corners of its grown pixel box in a (B, H + 1, W + 1) difference array, and
+    the box into ``window`` (top, bottom, left, right: the union of the boxes of all faces)."""
     t = wp.tid()
     top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
     if top >= bottom or left >= right:
@@ -376,21 +378,43 @@ def _soft_boxes(
     wp.atomic_add(corners, base + top * stride + right, -1)
     wp.atomic_add(corners, base + bottom * stride + left, -1)
     wp.atomic_add(corners, base + bottom * stride + right, 1)
+    wp.atomic_min(window, 0, top)
+    wp.atomic_max(window, 1, bottom)
+    wp.atomic_min(window, 2, left)
+    wp.atomic_max(window, 3, right)
+
+
+@wp.func
+def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: int):
+    """Flat pixel index of thread t over (image, window row, window column), the column, the row."""
+    rows = window[1] - window[0]
+    columns = window[3] - window[2]
+    b = t // (rows * columns)
+    r = t - b * rows * columns
+    i = r // columns
+    j = r - i * columns + window[2]
+    i = i + window[0]
+    return (b * height + i) * width + j, i, j
 
 
 @wp.kernel
-def _column_prefix(corners: wp.array(dtype=wp.int32), rows: int, columns: int, block: int):
-    """Per image and block of ``block`` columns: running sums down the rows (row-major walk, for caches)."""
+def _column_prefix(
+    corners: wp.array(dtype=wp.int32), height: int, width: int, block: int, window: wp.array(dtype=wp.int32)
+):
+    """Per image and block of ``block`` window columns: running sums down the window rows of the
+    (B, H + 1, W + 1) difference array (row-major walk, for caches). Outside the window it is zero."""
     t = wp.tid()
+    columns = window[3] - window[2]
     blocks = (columns + block - 1) // block
     b = t // blocks
-    first = (t - b * blocks) * block
-    last = wp.min(first + block, columns)
-    k = b * rows * columns
-    for _r in range(1, rows):
+    first = window[2] + (t - b * blocks) * block
+    last = wp.min(first + block, window[3])
+    stride = width + 1
+    k = b * (height + 1) * stride + window[0] * stride
+    for _r in range(window[0] + 1, window[1]):
         for c in range(first, last):
-            corners[k + columns + c] = corners[k + columns + c] + corners[k + c]
-        k = k + columns
+            corners[k + stride + c] = corners[k + stride + c] + corners[k + c]
+        k = k + stride
 
 
 @wp.kernel
@@ -400,21 +424,27 @@ def _row_counts(
     height: int,
     width: int,
     cap: int,
+    window: wp.array(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
     row_total: wp.array(dtype=wp.int64),
 ):
-    """Per image row: candidate count per uncovered pixel (at most ``cap``), prefix sums of uncovered
-    pixels (``row_free``, W + 1 per row) and the row's total count."""
+    """Per image row of the window: candidate count per uncovered pixel (at most ``cap``), running count
+    of uncovered pixels from the window's left column (``row_free``, W + 1 per image row) and the row's
+    total count."""
     t = wp.tid()
-    b = t // height
-    src = (t + b) * (width + 1)  # row t - b * height of image b in (B, H + 1, W + 1)
+    rows = window[1] - window[0]
+    b = t // rows
+    i = window[0] + t - b * rows
+    src = (b * (height + 1) + i) * (width + 1)
+    row = (b * height + i) * width
+    free_row = (b * height + i) * (width + 1)
     acc = wp.int32(0)
     free = wp.int32(0)
     total = wp.int64(0)
-    row_free[t * (width + 1)] = 0
-    for j in range(width):
-        p = t * width + j
+    row_free[free_row + window[2]] = 0
+    for j in range(window[2], window[3]):
+        p = row + j
         acc = acc + corners[src + j]
         c = wp.int32(0)
         if fidx[p] < 0:
@@ -422,26 +452,31 @@ def _row_counts(
             c = wp.min(acc, cap)
         count[p] = c
         total = total + wp.int64(c)
-        row_free[t * (width + 1) + j + 1] = free
-    row_total[t] = total
+        row_free[free_row + j + 1] = free
+    row_total[b * height + i] = total
 
 
 @wp.kernel
-def _row_offsets(
+def _row_starts(
     count: wp.array(dtype=wp.int32),
-    row_start: wp.array(dtype=wp.int32),
+    row_start: wp.array(dtype=wp.int64),
+    height: int,
     width: int,
-    offsets: wp.array(dtype=wp.int32),
+    window: wp.array(dtype=wp.int32),
+    start: wp.array(dtype=wp.int32),
 ):
-    """Per image row: CSR offsets of its pixels from the row's start; resets ``count`` for the fill."""
+    """Per image row of the window: where each pixel's list starts; resets ``count`` for the fill."""
     t = wp.tid()
-    acc = row_start[t]
-    for j in range(width):
-        p = t * width + j
-        offsets[p] = acc
+    rows = window[1] - window[0]
+    b = t // rows
+    i = window[0] + t - b * rows
+    acc = wp.int32(row_start[b * height + i])
+    row = (b * height + i) * width
+    for j in range(window[2], window[3]):
+        p = row + j
+        start[p] = acc
         acc = acc + count[p]
         count[p] = 0
-    offsets[t * width + width] = acc
 
 
 @wp.kernel
@@ -455,7 +490,7 @@ def _soft_fill(
     y_scale: Any,
     fidx: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
-    offsets: wp.array(dtype=wp.int32),
+    start: wp.array(dtype=wp.int32),
     cap: int,
     count: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
@@ -463,6 +498,7 @@ def _soft_fill(
     """Per face: append its index to the lists of the uncovered pixels of its grown box.
 
     Keeps at most ``cap`` faces per pixel: the lowest indices when the launch is sequential (CPU).
+    ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``).
     """
     t = wp.tid()
     top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
@@ -480,7 +516,7 @@ def _soft_fill(
                 todo = todo - 1
                 slot = wp.atomic_add(count, p, 1)
                 if slot < cap:
-                    lists[offsets[p] + slot] = f
+                    lists[start[p] + slot] = f
             j = j + 1
 
 
@@ -488,7 +524,10 @@ def _soft_fill(
 def _soft_forward(
     vim: wp.array(dtype=Any),
     faces: int,
-    offsets: wp.array(dtype=wp.int32),
+    start: wp.array(dtype=wp.int32),
+    count: wp.array(dtype=wp.int32),
+    cap: int,
+    window: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
@@ -499,28 +538,30 @@ def _soft_forward(
     kinds: wp.array(dtype=wp.int32),
     soft: wp.array(dtype=Any),
 ):
-    """Per pixel with candidates: sort them by face index, keep ``knum``, soft mask and per-face probs."""
-    p = wp.tid()
-    start = offsets[p]
-    end = offsets[p + 1]
-    if start == end:
+    """Per window pixel with candidates: sort them by face index, keep ``knum``, soft mask and per-face
+    probabilities."""
+    p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
+    n = wp.min(count[p], cap)
+    if n <= 0:
         return
+    first = start[p]
+    end = first + n
     # insertion sort: already in index order on CPU (sequential launch), short lists on GPU
-    for a in range(start + 1, end):
+    for a in range(first + 1, end):
         key = lists[a]
         c = a - 1
-        while c >= start:
+        while c >= first:
             if lists[c] <= key:
                 break
             lists[c + 1] = lists[c]
             c = c - 1
         lists[c + 1] = key
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    b = p // (ys.shape[0] * xs.shape[0])
     x0 = xs[j]
     y0 = ys[i]
     one = type(sigmainv)(1.0)
     allprob = one
-    for a in range(start, start + wp.min(end - start, knum)):
+    for a in range(first, first + wp.min(n, knum)):
         v = (b * faces + lists[a]) * 6
         d2, kind = _soft_dist2(x0, y0, vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5])
         prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
@@ -534,7 +575,10 @@ def _soft_forward(
 def _soft_backward(
     vim: wp.array(dtype=Any),
     faces: int,
-    offsets: wp.array(dtype=wp.int32),
+    start: wp.array(dtype=wp.int32),
+    count: wp.array(dtype=wp.int32),
+    cap: int,
+    window: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
     probs: wp.array(dtype=Any),
     kinds: wp.array(dtype=wp.int32),
@@ -546,20 +590,23 @@ def _soft_backward(
     grad_soft: wp.array(dtype=Any),
     grad_vi: wp.array(dtype=Any),
 ):
-    """Per pixel with candidates: d soft / d face_vertices_image through each kept candidate's distance."""
-    p = wp.tid()
-    start = offsets[p]
-    keep = wp.min(offsets[p + 1] - start, knum)
+    """Per window pixel with candidates: d soft / d face_vertices_image through each kept candidate's
+    distance."""
+    p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
+    first = start[p]
+    keep = wp.min(wp.min(count[p], cap), knum)
+    if keep <= 0:
+        return
     g_out = grad_soft[p]
     zero = type(sigmainv)(0.0)
-    if keep == 0 or g_out == zero:
+    if g_out == zero:
         return
     one = type(sigmainv)(1.0)
     two = type(sigmainv)(2.0)
     # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0
     nonzero_prod = one
     zeros = wp.int32(0)
-    for a in range(start, start + keep):
+    for a in range(first, first + keep):
         q = one - probs[a]
         if q == zero:
             zeros = zeros + 1
@@ -567,10 +614,10 @@ def _soft_backward(
             nonzero_prod = nonzero_prod * q
     if zeros > 1:
         return
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+    b = p // (ys.shape[0] * xs.shape[0])
     x0 = xs[j]
     y0 = ys[i]
-    for a in range(start, start + keep):
+    for a in range(first, first + keep):
         prob = probs[a]
         q = one - prob
         loo = zero
@@ -797,11 +844,23 @@ def _hard_search(launch, vim, fvz, fnz, c: _Setup):
     return fidx
 
 
-def _soft_candidates(launch, vim, fidx, c: _Setup):
-    """Per uncovered pixel, the faces whose grown box holds it: CSR offsets (B*H*W + 1,) and lists.
+class _SoftLists(NamedTuple):
+    """Candidate lists of the uncovered pixels in the window (the union of the grown boxes)."""
 
-    On CPU (sequential launch) each list holds only the ``knum`` lowest face indices, in order; on CUDA
-    it holds them all, in any order, and ``_soft_forward`` sorts it.
+    window: torch.Tensor  # (4,) int32 top, bottom, left, right (half-open), pixels
+    pixels: int  # threads over the window: items x window rows x window columns
+    start: torch.Tensor  # (B*H*W,) int32 where each window pixel's list starts
+    count: torch.Tensor  # (B*H*W,) int32 faces that tried each window pixel (kept: min(count, cap))
+    cap: int  # most faces kept per list
+    lists: torch.Tensor  # face indices
+
+
+def _soft_candidates(launch, vim, fidx, c: _Setup) -> _SoftLists | None:
+    """Per uncovered pixel, the faces whose grown box holds it (None when no face has a box).
+
+    Only the window, the union of all grown boxes of the slice's faces, is visited. On CPU (sequential
+    launch) each list holds only the ``knum`` lowest face indices, in order; on CUDA it holds them all,
+    in any order, and ``_soft_forward`` sorts it.
     """
     batch, faces = vim.shape[:2]
     height, width, device = c.ys.shape[0], c.xs.shape[0], vim.device
@@ -810,24 +869,34 @@ def _soft_candidates(launch, vim, fidx, c: _Setup):
     boxes = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
-    launch(_soft_boxes, batch * faces, [*boxes, _wp(corners)])
-    blocks = batch * ((width + 1 + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK)
-    launch(_column_prefix, blocks, [_wp(corners), height + 1, width + 1, _COLUMN_BLOCK])
+    window = torch.tensor([height, 0, width, 0], dtype=torch.int32, device=device)
+    launch(_soft_boxes, batch * faces, [*boxes, _wp(corners), _wp(window)])
+    top, bottom, left, right = window.tolist()
+    if top >= bottom or left >= right:
+        return None
+    rows, columns = bottom - top, right - left
+    w_window = _wp(window)
+    blocks = batch * ((columns + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK)
+    launch(_column_prefix, blocks, [_wp(corners), height, width, _COLUMN_BLOCK, w_window])
     count = torch.empty_like(fidx)
     row_free = torch.empty(batch * height * (width + 1), dtype=torch.int32, device=device)
-    row_total = torch.empty(batch * height, dtype=torch.int64, device=device)
-    rows = [_wp(count), _wp(row_free), _wp(row_total)]
-    launch(_row_counts, batch * height, [_wp(corners), _wp(fidx), height, width, cap, *rows])
-    total = int(row_total.sum())
+    row_total = torch.zeros(batch * height, dtype=torch.int64, device=device)
+    out = [_wp(count), _wp(row_free), _wp(row_total)]
+    launch(_row_counts, batch * rows, [_wp(corners), _wp(fidx), height, width, cap, w_window, *out])
+    row_start = row_total.cumsum(0) - row_total
+    total = int(row_start[-1] + row_total[-1])
     if total >= 2**31:
         raise RuntimeError(f"too many soft-mask candidates ({total}); lower boxlen or the resolution")
-    row_start = (row_total.cumsum(0) - row_total).to(torch.int32)
-    offsets = torch.empty(fidx.numel() + 1, dtype=torch.int32, device=device)
-    launch(_row_offsets, batch * height, [_wp(count), _wp(row_start), width, _wp(offsets)])
+    start = torch.empty_like(fidx)
+    launch(_row_starts, batch * rows, [_wp(count), _wp(row_start), height, width, w_window, _wp(start)])
     lists = torch.empty(max(total, 1), dtype=torch.int32, device=device)
-    slots = [_wp(offsets), cap, _wp(count), _wp(lists)]
+    slots = [_wp(start), cap, _wp(count), _wp(lists)]
     launch(_soft_fill, batch * faces, [*boxes, _wp(fidx), _wp(row_free), *slots])
-    return offsets, lists
+    return _SoftLists(window, batch * rows * columns, start, count, cap, lists)
+
+
+def _list_args(cand: _SoftLists) -> list:
+    return [_wp(cand.start), _wp(cand.count), cand.cap, _wp(cand.window), _wp(cand.lists)]
 
 
 class _Options(NamedTuple):
@@ -870,12 +939,13 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
             launch(_interpolate_packed, flat.shape[0], args)
     soft_saved = None
     if o.soft:
-        offsets, lists = _soft_candidates(launch, vim, fidx, c)
-        probs = torch.empty(lists.shape, dtype=vim.dtype, device=vim.device)
-        kinds = torch.empty_like(lists)
-        args = [w_vim, faces, _wp(offsets), _wp(lists), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
-        launch(_soft_forward, fidx.numel(), [*args, _wp(probs), _wp(kinds), _wp(soft)])
-        soft_saved = (offsets, lists, probs, kinds)
+        cand = _soft_candidates(launch, vim, fidx, c)
+        if cand is not None:
+            probs = torch.empty(cand.lists.shape, dtype=vim.dtype, device=vim.device)
+            kinds = torch.empty_like(cand.lists)
+            args = [w_vim, faces, *_list_args(cand), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
+            launch(_soft_forward, cand.pixels, [*args, _wp(probs), _wp(kinds), _wp(soft)])
+            soft_saved = (cand, probs, kinds)
     return (fidx, flat, soft_saved), packed
 
 
@@ -898,10 +968,10 @@ def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _
         if threads:
             launch(_hard_backward, threads, args)
     if grad_soft is not None and soft_saved is not None:
-        offsets, lists, probs, kinds = soft_saved
-        args = [w_vim, faces, _wp(offsets), _wp(lists), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
+        cand, probs, kinds = soft_saved
+        args = [w_vim, faces, *_list_args(cand), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
         args += [c.multiplier, c.knum, _wp(grad_soft.view(-1)), w_grad_vi]
-        launch(_soft_backward, fidx.numel(), args)
+        launch(_soft_backward, cand.pixels, args)
 
 
 def _run_parts(device: torch.device, items: list, job) -> list:
