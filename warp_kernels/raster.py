@@ -464,19 +464,25 @@ def _row_starts(
     width: int,
     window: wp.array(dtype=wp.int32),
     start: wp.array(dtype=wp.int32),
+    fidx: wp.array(dtype=wp.int32),
+    soft: wp.array(dtype=Any),
 ):
-    """Per image row of the window: where each pixel's list starts; resets ``count`` for the fill."""
+    """Per image row of the window: where each pixel's list starts; resets ``count`` for the fill; sets
+    ``soft`` (if not empty) to 1 on the uncovered pixels (the fill multiplies into it)."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
     i = window[0] + t - b * rows
     acc = wp.int32(row_start[b * height + i])
     row = (b * height + i) * width
+    init = soft.shape[0] > 0
     for j in range(window[2], window[3]):
         p = row + j
         start[p] = acc
         acc = acc + count[p]
         count[p] = 0
+        if init and fidx[p] < 0:
+            soft[p] = type(soft[p])(1.0)
 
 
 @wp.kernel
@@ -494,17 +500,35 @@ def _soft_fill(
     cap: int,
     count: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
+    ys: wp.array(dtype=Any),
+    sigmainv: Any,
+    multiplier: Any,
+    probs: wp.array(dtype=Any),
+    kinds: wp.array(dtype=wp.int32),
+    soft: wp.array(dtype=Any),
 ):
     """Per face: append its index to the lists of the uncovered pixels of its grown box.
 
     Keeps at most ``cap`` faces per pixel: the lowest indices when the launch is sequential (CPU).
-    ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``).
+    ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``). With ``probs`` not
+    empty (sequential launches only, where ``cap`` is knum and faces come in index order) it also
+    computes each kept face's probability and distance kind and multiplies ``1 - prob`` into ``soft``
+    (which holds 1 on uncovered window pixels): the soft forward, face by face, in list order.
     """
     t = wp.tid()
     top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
     b = t // faces
     f = t - b * faces
     width = xs.shape[0]
+    compute = probs.shape[0] > 0
+    v = t * 6
+    ax = vim[v]
+    ay = vim[v + 1]
+    bx = vim[v + 2]
+    by = vim[v + 3]
+    cx = vim[v + 4]
+    cy = vim[v + 5]
+    one = type(sigmainv)(1.0)
     for i in range(top, bottom):
         row = (b * ys_up.shape[0] + i) * width
         free_row = (b * ys_up.shape[0] + i) * (width + 1)
@@ -516,8 +540,29 @@ def _soft_fill(
                 todo = todo - 1
                 slot = wp.atomic_add(count, p, 1)
                 if slot < cap:
-                    lists[start[p] + slot] = f
+                    a = start[p] + slot
+                    lists[a] = f
+                    if compute:
+                        d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
+                        prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
+                        probs[a] = prob
+                        kinds[a] = kind
+                        soft[p] = soft[p] * (one - prob)
             j = j + 1
+
+
+@wp.kernel
+def _soft_finish(
+    fidx: wp.array(dtype=wp.int32),
+    height: int,
+    width: int,
+    window: wp.array(dtype=wp.int32),
+    soft: wp.array(dtype=Any),
+):
+    """Per uncovered window pixel: soft = 1 - (the product of 1 - prob that ``_soft_fill`` left there)."""
+    p, i, j = _window_pixel(wp.tid(), window, height, width)
+    if fidx[p] < 0:
+        soft[p] = type(soft[p])(1.0) - soft[p]
 
 
 @wp.kernel
@@ -855,17 +900,22 @@ class _SoftLists(NamedTuple):
     lists: torch.Tensor  # face indices
 
 
-def _soft_candidates(launch, vim, fidx, c: _Setup) -> _SoftLists | None:
-    """Per uncovered pixel, the faces whose grown box holds it (None when no face has a box).
+def _soft_mask(launch, vim, fidx, soft, c: _Setup):
+    """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
+    (the candidate lists, their probabilities and distance kinds), None when no face has a box.
 
-    Only the window, the union of all grown boxes of the slice's faces, is visited. On CPU (sequential
-    launch) each list holds only the ``knum`` lowest face indices, in order; on CUDA it holds them all,
-    in any order, and ``_soft_forward`` sorts it.
+    Per uncovered pixel, the faces whose grown box holds it are listed; only the window, the union of
+    all grown boxes of the slice's faces, is visited. On CPU (sequential launch) each list holds only
+    the ``knum`` lowest face indices, in order, and the fill computes the probabilities face by face (the
+    face's corners stay in registers); on CUDA a list holds all the faces, in any order, and
+    ``_soft_forward`` sorts it and computes them pixel by pixel. Both multiply in list order: the same
+    soft mask, bit for bit.
     """
     batch, faces = vim.shape[:2]
-    height, width, device = c.ys.shape[0], c.xs.shape[0], vim.device
-    cap = c.knum if device.type == "cpu" and SEQUENTIAL_CPU else 2**31 - 1
-    margin = _scalar(vim.dtype, c.margin)
+    height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
+    sequential = device.type == "cpu" and SEQUENTIAL_CPU
+    cap = c.knum if sequential else 2**31 - 1
+    margin = _scalar(dtype, c.margin)
     boxes = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
@@ -888,11 +938,22 @@ def _soft_candidates(launch, vim, fidx, c: _Setup) -> _SoftLists | None:
     if total >= 2**31:
         raise RuntimeError(f"too many soft-mask candidates ({total}); lower boxlen or the resolution")
     start = torch.empty_like(fidx)
-    launch(_row_starts, batch * rows, [_wp(count), _wp(row_start), height, width, w_window, _wp(start)])
+    w_soft, w_fidx, nothing = _wp(soft), _wp(fidx), _wp(soft[:0])
+    args = [_wp(count), _wp(row_start), height, width, w_window, _wp(start), w_fidx]
+    launch(_row_starts, batch * rows, [*args, w_soft if sequential else nothing])
     lists = torch.empty(max(total, 1), dtype=torch.int32, device=device)
-    slots = [_wp(start), cap, _wp(count), _wp(lists)]
-    launch(_soft_fill, batch * faces, [*boxes, _wp(fidx), _wp(row_free), *slots])
-    return _SoftLists(window, batch * rows * columns, start, count, cap, lists)
+    probs = torch.empty(lists.shape, dtype=dtype, device=device)
+    kinds = torch.empty_like(lists)
+    cand = _SoftLists(window, batch * rows * columns, start, count, cap, lists)
+    slots = [_wp(start), cap, _wp(count), _wp(lists), _wp(c.ys), c.sigmainv, c.multiplier]
+    computed = [_wp(probs), _wp(kinds), w_soft] if sequential else [nothing, _wp(kinds[:0]), nothing]
+    launch(_soft_fill, batch * faces, [*boxes, w_fidx, _wp(row_free), *slots, *computed])
+    if sequential:
+        launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft])
+    else:
+        args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
+        launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), _wp(kinds), w_soft])
+    return cand, probs, kinds
 
 
 def _list_args(cand: _SoftLists) -> list:
@@ -939,13 +1000,7 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
             launch(_interpolate_packed, flat.shape[0], args)
     soft_saved = None
     if o.soft:
-        cand = _soft_candidates(launch, vim, fidx, c)
-        if cand is not None:
-            probs = torch.empty(cand.lists.shape, dtype=vim.dtype, device=vim.device)
-            kinds = torch.empty_like(cand.lists)
-            args = [w_vim, faces, *_list_args(cand), w_xs, w_ys, c.sigmainv, c.multiplier, c.knum]
-            launch(_soft_forward, cand.pixels, [*args, _wp(probs), _wp(kinds), _wp(soft)])
-            soft_saved = (cand, probs, kinds)
+        soft_saved = _soft_mask(launch, vim, fidx, soft, c)
     return (fidx, flat, soft_saved), packed
 
 
