@@ -365,12 +365,21 @@ def _soft_boxes(
     y_scale: Any,
     corners: wp.array(dtype=wp.int32),
     window: wp.array(dtype=wp.int32),
+    boxes: wp.array(dtype=wp.int32),
 ):
-    """Per face: +-1 at the corners of its grown pixel box in a (B, H + 1, W + 1) difference array, and
-    the box into ``window`` (top, bottom, left, right: the union of the boxes of all faces)."""
+    """Per face: its grown pixel box into ``boxes`` (top, bottom, left, right; empty as top = bottom),
+    +-1 at the box's corners in a (B, H + 1, W + 1) difference array, and the box into ``window`` (the
+    union of the boxes of all faces)."""
     t = wp.tid()
     top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
     if top >= bottom or left >= right:
+        top = 0
+        bottom = 0
+    boxes[t * 4] = top
+    boxes[t * 4 + 1] = bottom
+    boxes[t * 4 + 2] = left
+    boxes[t * 4 + 3] = right
+    if top >= bottom:
         return
     stride = xs.shape[0] + 1
     base = t // faces * (ys_up.shape[0] + 1) * stride
@@ -489,11 +498,9 @@ def _row_starts(
 def _soft_fill(
     vim: wp.array(dtype=Any),
     faces: int,
-    margin: Any,
+    boxes: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
-    ys_up: wp.array(dtype=Any),
-    x_scale: Any,
-    y_scale: Any,
+    height: int,
     fidx: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
     start: wp.array(dtype=wp.int32),
@@ -516,7 +523,10 @@ def _soft_fill(
     (which holds 1 on uncovered window pixels): the soft forward, face by face, in list order.
     """
     t = wp.tid()
-    top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
+    top = boxes[t * 4]
+    bottom = boxes[t * 4 + 1]
+    left = boxes[t * 4 + 2]
+    right = boxes[t * 4 + 3]
     b = t // faces
     f = t - b * faces
     width = xs.shape[0]
@@ -530,8 +540,8 @@ def _soft_fill(
     cy = vim[v + 5]
     one = type(sigmainv)(1.0)
     for i in range(top, bottom):
-        row = (b * ys_up.shape[0] + i) * width
-        free_row = (b * ys_up.shape[0] + i) * (width + 1)
+        row = (b * height + i) * width
+        free_row = (b * height + i) * (width + 1)
         todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
         j = left
         while todo > 0:
@@ -731,6 +741,13 @@ def _hard_backward(
     f = fidx[p]
     if f < 0:
         return
+    zero = type(eps)(0.0)
+    nonzero = wp.int32(0)
+    for d in range(dims):
+        if grad_out[k * dims + d] != zero:
+            nonzero = 1
+    if nonzero == 0:  # e.g. shadow-map texels that no lookup reads
+        return
     b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
     # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
@@ -740,7 +757,6 @@ def _hard_backward(
     w0 = w0 / norm
     w1 = w1 / norm
     w2 = w2 / norm
-    zero = type(eps)(0.0)
     g1 = zero
     g2 = zero
     c = (b * faces + f) * 3 * dims
@@ -916,11 +932,12 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     sequential = device.type == "cpu" and SEQUENTIAL_CPU
     cap = c.knum if sequential else 2**31 - 1
     margin = _scalar(dtype, c.margin)
-    boxes = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
+    grid = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
     window = torch.tensor([height, 0, width, 0], dtype=torch.int32, device=device)
-    launch(_soft_boxes, batch * faces, [*boxes, _wp(corners), _wp(window)])
+    boxes = torch.empty(batch * faces * 4, dtype=torch.int32, device=device)
+    launch(_soft_boxes, batch * faces, [*grid, _wp(corners), _wp(window), _wp(boxes)])
     top, bottom, left, right = window.tolist()
     if top >= bottom or left >= right:
         return None
@@ -947,7 +964,8 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     cand = _SoftLists(window, batch * rows * columns, start, count, cap, lists)
     slots = [_wp(start), cap, _wp(count), _wp(lists), _wp(c.ys), c.sigmainv, c.multiplier]
     computed = [_wp(probs), _wp(kinds), w_soft] if sequential else [nothing, _wp(kinds[:0]), nothing]
-    launch(_soft_fill, batch * faces, [*boxes, w_fidx, _wp(row_free), *slots, *computed])
+    fill = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), height, w_fidx, _wp(row_free)]
+    launch(_soft_fill, batch * faces, [*fill, *slots, *computed])
     if sequential:
         launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft])
     else:
