@@ -193,19 +193,22 @@ def shadow_map(
     Returns:
         (B, S, S) depth of the nearest surface per texel (row 0 = top), ``view.far`` where empty.
     """
-    q = view.transform(vertices)  # (B, V, 3)
-    # One Camera for the batch: each item's focal length is folded into its x and y (same pixels,
-    # same facing test: scaling x and y about the eye keeps every face's orientation).
+    # One Camera for the batch: each item's focal length is folded into the x and y rows of its
+    # light-view rotation (same pixels, same facing test: scaling x and y about the eye keeps every
+    # face's orientation), so the points come out in one matrix product.
     reference = view.size / 2
     camera = Camera(view.size, view.size, reference, reference, view.size / 2, view.size / 2)
-    scaled = torch.cat([q[..., :2] * (view.focal / reference)[:, None, None], q[..., 2:]], dim=-1)
+    s = view.focal / reference
+    rows = torch.stack([s, s, torch.ones_like(s)], dim=-1)  # (B, 3)
+    scaled = (vertices - view.eye[:, None]) @ (view.rotation * rows[..., None]).transpose(1, 2)
     fvz, fvi, fnz = face_inputs(scaled, faces, camera, "warp" if backend == "warp" else "torch")
-    depth = -fvz[..., None]  # (B, F, 3, 1) light-view depth of the corners, interpolated as a feature
+    # -depth of the corners (a view of fvz) is interpolated as the feature
     out = rasterize_packed(
-        view.size, view.size, fvz, fvi, depth, fnz, backend=backend, soft_mask=False, **raster_options
-    )
-    empty = view.far.repeat_interleave(view.size * view.size)
-    return empty.index_put((out.flat_index,), out.features[:, 0]).reshape(-1, view.size, view.size)
+        view.size, view.size, fvz, fvi, fvz[..., None], fnz, backend=backend, soft_mask=False,
+        **raster_options,
+    )  # fmt: skip
+    empty = view.far[:, None].expand(-1, view.size * view.size).reshape(-1)
+    return empty.index_put((out.flat_index,), -out.features[:, 0]).reshape(-1, view.size, view.size)
 
 
 def pcf_visibility(
