@@ -294,4 +294,4 @@ def test_parts_composite_matches_torch(two_parts):
     grads = [torch.autograd.grad((out * w).sum(), (colour, mask)) for out in (ref, got)]
     for r, g in zip(*grads):
         torch.testing.assert_close(g, r, atol=GRAD_TOL, rtol=GRAD_TOL)
-    assert two_parts == [2, 2]
+    assert two_parts == [2, 2, 2, 2]  # background then covered pixels, forward and backward

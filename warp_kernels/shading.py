@@ -410,15 +410,14 @@ def _shade_parts(kernel, floats, topo, per_pixel, shared=()) -> None:
 def _launch(kernel, items: int | tuple[int, int], args: list) -> None:
     """Launch ``kernel`` over ``items`` (the last dimension in chunks of ``chunk`` items per thread, the
     kernel's last argument) on the tensors' device, on CUDA in torch's current stream; tensors in ``args``
-    become Warp arrays (int32 ones as they are, float ones of the first float tensor's dtype)."""
+    become Warp arrays (int32 and int64 ones as they are, float ones of the first float tensor's dtype)."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     device = tensors[0].device
     floats = next(t.dtype for t in tensors if t.is_floating_point())
     dtype = wp.float64 if floats == torch.float64 else wp.float32
+    ints = {torch.int32: wp.int32, torch.int64: wp.int64}
     inputs = [
-        wp.from_torch(a, dtype=wp.int32 if a.dtype == torch.int32 else dtype, requires_grad=False)
-        if isinstance(a, Tensor)
-        else a
+        wp.from_torch(a, dtype=ints.get(a.dtype, dtype), requires_grad=False) if isinstance(a, Tensor) else a
         for a in args
     ]
     chunk = CPU_CHUNK if device.type == "cpu" else 1
@@ -831,30 +830,56 @@ def surface_frames(
 
 # ------------------------------------------------------------------------------------ composite
 @wp.kernel
-def _composite(
+def _composite_background(
+    mask: wp.array(dtype=Any), background: wp.array(dtype=Any), image: wp.array2d(dtype=Any), chunk: int
+):
+    """Every pixel as if uncovered (colour 0): ``(1 - mask) * background``."""
+    q = wp.tid()
+    for p in range(q * chunk, wp.min(q * chunk + chunk, mask.shape[0])):
+        rest = type(mask[p])(1.0) - mask[p]
+        for c in range(3):
+            image[p, c] = rest * background[c]
+
+
+@wp.kernel
+def _composite_covered(
     mask: wp.array(dtype=Any),
-    packed: wp.array(dtype=wp.int32),
+    flat: wp.array(dtype=wp.int64),
     colour: wp.array2d(dtype=Any),
     background: wp.array(dtype=Any),
     image: wp.array2d(dtype=Any),
     chunk: int,
 ):
+    """The covered pixels (row k of ``colour`` is pixel ``flat[k]``): ``mask * colour + (1 - mask) *
+    background``."""
     q = wp.tid()
-    for p in range(q * chunk, wp.min(q * chunk + chunk, mask.shape[0])):
+    for k in range(q * chunk, wp.min(q * chunk + chunk, flat.shape[0])):
+        p = int(flat[k])
         m = mask[p]
-        k = packed[p]
-        rest = type(m)(1.0) - m
         for c in range(3):
-            if k >= 0:
-                image[p, c] = m * colour[k, c] + rest * background[c]
-            else:
-                image[p, c] = rest * background[c]
+            image[p, c] = m * colour[k, c] + (type(m)(1.0) - m) * background[c]
 
 
 @wp.kernel
-def _composite_backward(
+def _composite_background_backward(
+    background: wp.array(dtype=Any),
+    adj_image: wp.array2d(dtype=Any),
+    adj_mask: wp.array(dtype=Any),
+    chunk: int,
+):
+    q = wp.tid()
+    for p in range(q * chunk, wp.min(q * chunk + chunk, adj_mask.shape[0])):
+        adj_mask[p] = -(
+            adj_image[p, 0] * background[0]
+            + adj_image[p, 1] * background[1]
+            + adj_image[p, 2] * background[2]
+        )
+
+
+@wp.kernel
+def _composite_covered_backward(
     mask: wp.array(dtype=Any),
-    packed: wp.array(dtype=wp.int32),
+    flat: wp.array(dtype=wp.int64),
     colour: wp.array2d(dtype=Any),
     background: wp.array(dtype=Any),
     adj_image: wp.array2d(dtype=Any),
@@ -863,51 +888,54 @@ def _composite_backward(
     chunk: int,
 ):
     q = wp.tid()
-    for p in range(q * chunk, wp.min(q * chunk + chunk, mask.shape[0])):
+    for k in range(q * chunk, wp.min(q * chunk + chunk, flat.shape[0])):
+        p = int(flat[k])
         m = mask[p]
-        k = packed[p]
         total = type(m)(0.0)
         for c in range(3):
             g = adj_image[p, c]
-            if k >= 0:
-                adj_colour[k, c] = m * g
-                total += g * (colour[k, c] - background[c])
-            else:
-                total -= g * background[c]
+            adj_colour[k, c] = m * g
+            total += g * (colour[k, c] - background[c])
         adj_mask[p] = total
 
 
 class FusedComposite(torch.autograd.Function):
-    """Autograd bridge of the composite kernel and its hand-written adjoint, on CPU in parts over the image
-    pixels (each covered pixel owns its colour row, so the parts write disjoint elements)."""
+    """Autograd bridge of the composite kernels and their hand-written adjoints: a pass over every image
+    pixel as background, then one over the covered pixels; on CPU each pass in parts (disjoint pixels)."""
 
     @staticmethod
-    def forward(ctx, mask, colour, packed, background):
+    def forward(ctx, mask, colour, flat, background):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         mask, colour = mask.detach().contiguous(), colour.detach().contiguous()
         image = mask.new_empty(mask.shape[0], 3)
-        _composite_parts(_composite, mask, packed, colour, background, [image])
-        ctx.save_for_backward(mask, colour, packed, background)
+        _parts(_composite_background, mask.shape[0], [mask, background, image], per_item=(0, 2))
+        _parts(_composite_covered, flat.shape[0], [mask, flat, colour, background, image], per_item=(1, 2))
+        ctx.save_for_backward(mask, colour, flat, background)
         return image
 
     @staticmethod
     def backward(ctx, adj_image):
-        mask, colour, packed, background = ctx.saved_tensors
-        adj_mask, adj_colour = torch.empty_like(mask), torch.zeros_like(colour)
-        per_pixel = [adj_image.contiguous(), adj_mask]
-        _composite_parts(_composite_backward, mask, packed, colour, background, per_pixel, [adj_colour])
+        mask, colour, flat, background = ctx.saved_tensors
+        adj_mask, adj_colour = torch.empty_like(mask), torch.empty_like(colour)
+        adj_image = adj_image.contiguous()
+        _parts(
+            _composite_background_backward, mask.shape[0], [background, adj_image, adj_mask], per_item=(1, 2)
+        )
+        args = [mask, flat, colour, background, adj_image, adj_mask, adj_colour]
+        _parts(_composite_covered_backward, flat.shape[0], args, per_item=(1, 2, 6))
         return adj_mask, adj_colour, None, None
 
 
-def _composite_parts(kernel, mask, packed, colour, background, per_pixel, rows=()) -> None:
-    """Launch a composite kernel over the image pixels in parts: views of ``mask``, ``packed`` and the
-    ``per_pixel`` (B * H * W, ...) arrays, the whole ``colour`` and ``background`` and (N, ...) ``rows``."""
-    device = mask.device
-    parts = parallel.split(device, mask.shape[0], min_items=parallel.MIN_ITEMS_PER_PART)
+def _parts(kernel, n: int, args: list, per_item: tuple[int, ...]) -> None:
+    """Launch ``kernel`` over n items in parts (``warp_kernels.parallel``); the arguments at the
+    positions ``per_item`` are sliced per part, the others passed whole."""
+    if n == 0:
+        return
+    device = args[0].device
+    parts = parallel.split(device, n, min_items=parallel.MIN_ITEMS_PER_PART)
 
     def job(sl):
-        args = [mask[sl], packed[sl], colour, background, *(t[sl] for t in per_pixel), *rows]
-        _launch(kernel, sl.stop - sl.start, args)
+        _launch(kernel, sl.stop - sl.start, [a[sl] if i in per_item else a for i, a in enumerate(args)])
 
     parallel.run(device, __name__, parts, job)
 
@@ -921,7 +949,7 @@ def composite(
 
     Args:
         colour: (N, 3) shaded colour of the packed pixels.
-        flat_index: (N,) long index of the packed pixels into the flattened (B * H * W) image.
+        flat_index: (N,) long index of the packed pixels into the flattened (B * H * W) image, distinct.
         soft_mask: (B, H, W) soft silhouette.
         background: scalar or (3,) colour (no gradient).
 
@@ -936,10 +964,9 @@ def composite(
         raise ValueError(f"soft_mask must have shape (B, H, W), got {tuple(soft_mask.shape)}")
     dtype, device = colour.dtype, colour.device
     mask = soft_mask.reshape(-1).to(dtype)
-    packed = torch.full((mask.shape[0],), -1, dtype=torch.int32, device=device)
-    packed[flat_index] = torch.arange(flat_index.shape[0], dtype=torch.int32, device=device)
+    flat = flat_index.to(device=device, dtype=torch.int64).contiguous()
     bg = torch.as_tensor(background, dtype=dtype, device=device).detach().expand(3).contiguous()
-    return FusedComposite.apply(mask, colour, packed, bg).reshape(*soft_mask.shape, 3)
+    return FusedComposite.apply(mask, colour, flat, bg).reshape(*soft_mask.shape, 3)
 
 
 # --------------------------------------------------------------------------------------- overloads
@@ -958,8 +985,11 @@ def _overload_all() -> None:
         wp.overload(_vertex_normals_backward, [f3, f3, f3, f3, int])
         wp.overload(_wedge_tangents, [f3, f3, i1, f3, int])
         wp.overload(_wedge_tangents_backward, [f3, f3, i1, f3, f3, f3, f3, int])
-        wp.overload(_composite, [f1, i1, f2, f1, f2, int])
-        wp.overload(_composite_backward, [f1, i1, f2, f1, f2, f1, f2, int])
+        i64 = wp.array(dtype=wp.int64)
+        wp.overload(_composite_background, [f1, f1, f2, int])
+        wp.overload(_composite_covered, [f1, i64, f2, f1, f2, int])
+        wp.overload(_composite_background_backward, [f1, f2, f1, int])
+        wp.overload(_composite_covered_backward, [f1, i64, f2, f1, f2, f1, f2, int])
 
 
 _overload_all()

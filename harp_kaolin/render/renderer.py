@@ -190,7 +190,7 @@ def rasterize_mesh(
     Args:
         camera: the pinhole camera.
         vertices: (B, V, 3) camera coordinates (z > 0).
-        faces: (F, 3) long vertex indices.
+        faces: (F, 3) integer vertex indices.
         backend: "warp", "torch" or "kaolin".
         **options: DIB-R options (sigmainv, boxlen, knum, multiplier, eps).
 
@@ -413,6 +413,9 @@ class Renderer(torch.nn.Module):
         self.register_buffer(
             "signs", wedge_signs(uvs, face_uvs, face_wedges, wedge_vertex.shape[0]), persistent=False
         )
+        # int32 copies for the Warp kernels (converted once here instead of in every call)
+        for name in ("faces", "face_uvs", "face_wedges", "wedge_vertex"):
+            self.register_buffer(f"{name}_i32", getattr(self, name).int().contiguous(), persistent=False)
         self.num_vertices = int(faces.max()) + 1
 
     def forward(
@@ -432,22 +435,26 @@ class Renderer(torch.nn.Module):
             RenderOutput.
         """
         light, ambient = self._check(vertices, albedo, normal_map, light, ambient)
-        frags = rasterize_mesh(self.camera, vertices, self.faces, self.backend, **self.raster_options)
-        frames = surface_frames(
-            vertices, self.faces, self.uvs, self.face_uvs, self.face_wedges, self.wedge_vertex, self.backend
+        warp = self.backend == "warp"
+        faces, face_uvs, face_wedges, wedge_vertex = (
+            (self.faces_i32, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32)
+            if warp
+            else (self.faces, self.face_uvs, self.face_wedges, self.wedge_vertex)
         )
-        topology = (self.faces, self.uvs, self.face_uvs, self.face_wedges, self.signs)
-        if self.backend == "warp":
-            pixels = interpolate_positions(frags, vertices, self.faces)
+        frags = rasterize_mesh(self.camera, vertices, faces, self.backend, **self.raster_options)
+        frames = surface_frames(vertices, faces, self.uvs, face_uvs, face_wedges, wedge_vertex, self.backend)
+        topology = (faces, self.uvs, face_uvs, face_wedges, self.signs)
+        if warp:
+            pixels = interpolate_positions(frags, vertices, faces)
         else:
             pixels = interpolate_pixels(frags, vertices, frames, *topology)
         vis = None
         if self.shadows:
             vis = shadow_visibility(
-                vertices, self.faces, pixels.position, pixels.batch_index, light, self.shadow_size,
+                vertices, faces, pixels.position, pixels.batch_index, light, self.shadow_size,
                 self.shadow_sharpness, self.shadow_bias, backend=self.backend,
             )  # fmt: skip
-        if self.backend == "warp":
+        if warp:
             colour, normals = shade_pixels_fused(
                 frags, pixels, frames, *topology, albedo, normal_map, light, ambient, vis
             )

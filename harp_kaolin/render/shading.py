@@ -129,8 +129,9 @@ class LightView:
 def bounding_sphere(vertices: Tensor) -> tuple[Tensor, Tensor]:
     """Centre (B, 3) of the bounding box and radius (B,) of the sphere around it, without gradient."""
     v = vertices.detach()
-    centre = (v.amin(1) + v.amax(1)) / 2
-    return centre, (v - centre[:, None]).norm(dim=-1).amax(1)
+    low, high = torch.aminmax(v, dim=1)
+    centre = (low + high) / 2
+    return centre, (v - centre[:, None]).square().sum(-1).amax(1).sqrt()
 
 
 def light_view(
