@@ -20,6 +20,7 @@ N covered pixels.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -197,8 +198,7 @@ def rasterize_mesh(
     Returns:
         Fragments.
     """
-    b, f = vertices.shape[0], faces.shape[0]
-    corners = torch.eye(3, dtype=vertices.dtype, device=vertices.device).expand(b, f, 3, 3)
+    corners = _identity_corners(vertices.shape[0], faces.shape[0], vertices.dtype, vertices.device)
     inputs = project_mesh(camera, vertices, faces, corners, "warp" if backend == "warp" else "torch")
     out = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, **options)
     flat_index = out.flat_index
@@ -210,6 +210,13 @@ def rasterize_mesh(
         soft_mask=out.soft_mask,
         face_idx=out.face_idx,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_corners(batch: int, faces: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(B, F, 3, 3) identity corner features (interpolated, they give the barycentrics), contiguous and
+    kept between calls (the rasterizer would otherwise copy an expanded identity every call; read-only)."""
+    return torch.eye(3, dtype=dtype, device=device).expand(batch, faces, 3, 3).contiguous()
 
 
 def covered_pixels(face_idx: Tensor) -> tuple[Tensor, Tensor]:
