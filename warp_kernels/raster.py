@@ -71,11 +71,12 @@ _COLUMN_BLOCK = 32  # columns per thread in the vertical prefix sum
 
 
 @wp.func
-def _first_at_least(centres: wp.array(dtype=Any), value: Any, scale: Any):
-    """First index k of the ascending pixel centres ``scale * (2k + 1 - n)`` whose value is >= ``value``."""
+def _first_at_least(centres: wp.array(dtype=Any), value: Any, inverse_scale: Any):
+    """First index k of the ascending pixel centres ``scale * (2k + 1 - n)`` whose value is >= ``value``
+    (``inverse_scale`` = 1 / scale: the estimate needs no division; the exact centres settle it)."""
     n = centres.shape[0]
-    t = (value / scale + type(scale)(n - 1)) * type(scale)(0.5)
-    k = wp.clamp(int(wp.ceil(wp.clamp(t, type(scale)(-1.0), type(scale)(n + 1)))), 0, n)
+    t = (value * inverse_scale + type(inverse_scale)(n - 1)) * type(inverse_scale)(0.5)
+    k = wp.clamp(int(wp.ceil(wp.clamp(t, type(inverse_scale)(-1.0), type(inverse_scale)(n + 1)))), 0, n)
     # the estimate is off by at most one; settle it with the exact centres
     while k > 0:
         if centres[k - 1] < value:
@@ -214,10 +215,12 @@ def _hard_pass(
     cz = vz[t * 3 + 2]
     xmin = wp.min(ax, wp.min(bx, cx))
     xmax = wp.max(ax, wp.max(bx, cx))
-    j0 = _first_at_least(xs, xmin, x_scale)
-    j1 = _first_at_least(xs, xmax, x_scale)
-    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_scale)
-    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_scale)
+    x_inv = type(x_scale)(1.0) / x_scale
+    y_inv = type(y_scale)(1.0) / y_scale
+    j0 = _first_at_least(xs, xmin, x_inv)
+    j1 = _first_at_least(xs, xmax, x_inv)
+    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_inv)
+    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_inv)
     one = type(eps)(1.0)
     half = type(eps)(0.5)
     width = xs.shape[0]
@@ -306,7 +309,8 @@ def _interpolate(
         return
     face_idx[p] = wp.int64(f)
     soft[p] = type(eps)(1.0)
-    _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, p)
+    if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
+        _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, p)
 
 
 @wp.kernel
@@ -346,10 +350,12 @@ def _grown_box(
     by = vim[t * 6 + 3]
     cx = vim[t * 6 + 4]
     cy = vim[t * 6 + 5]
-    left = _first_at_least(xs, wp.min(ax, wp.min(bx, cx)) - margin, x_scale)
-    right = _first_at_least(xs, wp.max(ax, wp.max(bx, cx)) + margin, x_scale)
-    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)) - margin, y_scale)
-    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)) + margin, y_scale)
+    x_inv = type(x_scale)(1.0) / x_scale
+    y_inv = type(y_scale)(1.0) / y_scale
+    left = _first_at_least(xs, wp.min(ax, wp.min(bx, cx)) - margin, x_inv)
+    right = _first_at_least(xs, wp.max(ax, wp.max(bx, cx)) + margin, x_inv)
+    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)) - margin, y_inv)
+    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)) + margin, y_inv)
     height = ys_up.shape[0]
     return height - k1, height - k0, left, right
 
