@@ -66,8 +66,8 @@ def _add3(acc: wp.array3d(dtype=Any), b: int, i: int, value: Any):
 
 @wp.func
 def _unit(x: Any, eps: Any):
-    """``x / max(|x|, eps)``, as torch.nn.functional.normalize."""
-    return x / wp.max(wp.length(x), eps)
+    """``x / max(|x|, eps)``, as torch.nn.functional.normalize (one division, then products)."""
+    return x * (type(eps)(1.0) / wp.max(wp.length(x), eps))
 
 
 @wp.func
@@ -79,8 +79,8 @@ def _unit_grad(x: Any, y: Any, g: Any, eps: Any):
     """
     length = wp.length(x)
     if length > eps:
-        return (g - y * wp.dot(y, g)) / length
-    return g / eps
+        return (g - y * wp.dot(y, g)) * (type(eps)(1.0) / length)
+    return g * (type(eps)(1.0) / eps)
 
 
 # --------------------------------------------------------------------------------------- shading
