@@ -369,3 +369,60 @@ def test_kaolin_parity():
     same = ours.face_idx == theirs.face_idx
     torch.testing.assert_close(ours.features[0][same], theirs.features[0][same], atol=FORWARD_TOL, rtol=0)
     torch.testing.assert_close(ours.soft_mask[same], theirs.soft_mask[same], atol=1e-4, rtol=0)
+
+
+def depth_map_twin(height, width, fvz, fvi, values, fnz, empty):
+    """The pure-torch composition ``depth_map`` fuses: packed twin features scattered into a filled map."""
+    out, _, face_idx = torch_dibr(height, width, fvz, fvi, values[..., None], fnz, soft_mask=False)
+    filled = empty[:, None, None].expand(-1, height, width)
+    return torch.where(face_idx >= 0, out[..., 0], filled)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_depth_map_matches_twin(device):
+    fvz, fvi, feats, fnz = random_scene(batch=3, faces=50, dims=(1,), device=device, seed=7)
+    values = feats[0][..., 0]
+    empty = torch.tensor([5.0, -2.0, 0.5], device=device)
+    g = torch.Generator().manual_seed(8)
+    upstream = torch.randn(3, 27, 31, generator=g).to(device)
+    results = []
+    for fn in (raster.depth_map, depth_map_twin):
+        vi, vals = fvi.clone().requires_grad_(), values.clone().requires_grad_()
+        out = fn(27, 31, fvz, vi, vals, fnz, empty)
+        (out * upstream).sum().backward()
+        results.append((out, vi.grad, vals.grad))
+    (got, g_vi, g_vals), (expected, e_vi, e_vals) = results
+    assert ((got == empty[:, None, None]).float().mean() > 0.1) and (got != empty[:, None, None]).any()
+    torch.testing.assert_close(got, expected, atol=FORWARD_TOL, rtol=0)
+    torch.testing.assert_close(g_vi, e_vi, rtol=0, atol=GRAD_RTOL * float(e_vi.abs().max()))
+    torch.testing.assert_close(g_vals, e_vals, rtol=0, atol=GRAD_RTOL * float(e_vals.abs().max()))
+
+
+def test_depth_map_gradcheck_and_split():
+    fvz, fvi, feats, fnz = random_scene(batch=3, faces=6, dims=(1,), dtype=torch.float64, seed=9, size=0.6)
+    values = feats[0][..., 0]
+    empty = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    fn = lambda vi, vals: raster.depth_map(7, 8, fvz, vi, vals, fnz, empty)  # noqa: E731
+    inputs = (fvi.clone().requires_grad_(), values.clone().requires_grad_())
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-7, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL)
+    threads = torch.get_num_threads()
+    try:  # batch items over 2 threads give the same map and gradients as 1
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            vi = fvi.clone().requires_grad_()
+            out = raster.depth_map(7, 8, fvz, vi, values, fnz, empty)
+            out.square().sum().backward()
+            results.append((out, vi.grad))
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_depth_map_checks_its_inputs():
+    fvz, fvi, feats, fnz = random_scene(batch=2, faces=4, dims=(1,))
+    with pytest.raises(ValueError, match="empty"):
+        raster.depth_map(5, 5, fvz, fvi, feats[0][..., 0], fnz, torch.zeros(3))
+    with pytest.raises(ValueError, match="face_values"):
+        raster.depth_map(5, 5, fvz, fvi, torch.zeros(2, 4, 3, 2), fnz, torch.zeros(2))

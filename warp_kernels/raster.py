@@ -314,6 +314,29 @@ def _interpolate(
 
 
 @wp.kernel
+def _depth_fill(
+    vim: wp.array(dtype=Any),
+    values: wp.array(dtype=Any),
+    faces: int,
+    fidx: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    eps: Any,
+    empty: wp.array(dtype=Any),
+    out: wp.array(dtype=Any),
+):
+    """Per pixel: the winning face's corner values interpolated, ``empty[b]`` where no face covers it
+    (``fidx`` becomes -1 there)."""
+    p = wp.tid()
+    f = fidx[p]
+    if f == _NO_FACE:
+        fidx[p] = -1
+        out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
+        return
+    _write_features(vim, values, faces, 1, f, p, xs, ys, eps, out, p)
+
+
+@wp.kernel
 def _interpolate_packed(
     vim: wp.array(dtype=Any),
     feats: wp.array(dtype=Any),
@@ -1127,6 +1150,120 @@ class _DibrRasterization(torch.autograd.Function):
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
         return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 7)
+
+
+class _DepthMap(torch.autograd.Function):
+    """The hard DIB-R pass alone, interpolating one value per corner into a dense map (no soft mask, no
+    face index): forward and backward on contiguous batch slices, as ``_DibrRasterization``."""
+
+    @staticmethod
+    def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps):
+        dtype, device = fvi.dtype, fvi.device
+        batch = fvi.shape[0]
+        fvi, values = fvi.detach().contiguous(), values.detach().contiguous()
+        fvz, fnz, empty = fvz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
+        xs, ys = pixel_centres(height, width, multiplier, dtype, device)
+        scalars = [_scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)]
+        setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, 1, 0.0)
+        vim = fvi * multiplier
+        out = torch.empty((batch, height, width), dtype=dtype, device=device)
+
+        def job(launch, sl):
+            fidx = _hard_search(launch, vim[sl], fvz[sl], fnz[sl], setup)
+            args = [
+                _wp(vim[sl].view(-1)),
+                _wp(values[sl].view(-1)),
+                fvi.shape[1],
+                _wp(fidx),
+                _wp(xs),
+                _wp(ys),
+            ]
+            launch(_depth_fill, fidx.numel(), [*args, setup.eps, _wp(empty[sl]), _wp(out[sl].view(-1))])
+            return fidx
+
+        slices = parallel.split(device, batch, min_items=1)
+        ctx.parts = list(zip(slices, _run_parts(device, slices, job)))
+        ctx.setup = setup
+        ctx.save_for_backward(fvi, vim, values)
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        fvi, vim, values = ctx.saved_tensors
+        need_vi, need_values = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        if grad_out is None or not (need_vi or need_values):
+            return (None,) * 9
+        grad_out = grad_out.contiguous()
+        grad_vi = torch.zeros_like(fvi)
+        grad_values = torch.zeros_like(values) if need_values else None
+        c = ctx.setup
+        no_rows = torch.empty(0, dtype=torch.int64, device=fvi.device)  # dense: one thread per pixel
+
+        def job(launch, k):
+            sl, fidx = ctx.parts[k]
+            faces = fvi.shape[1]
+            args = [
+                _wp(fvi[sl].view(-1)),
+                _wp(vim[sl].view(-1)),
+                _wp(values[sl].view(-1)),
+                faces,
+                1,
+                _wp(fidx),
+            ]
+            args += [_wp(no_rows), _wp(c.xs), _wp(c.ys), c.multiplier, c.eps, _wp(grad_out[sl].reshape(-1))]
+            targets = grad_values[sl] if grad_values is not None else grad_vi[sl]
+            args += [int(grad_values is not None), _wp(grad_vi[sl].view(-1)), _wp(targets.view(-1))]
+            launch(_hard_backward, fidx.numel(), args)
+
+        _run_parts(fvi.device, list(range(len(ctx.parts))), job)
+        return None, None, None, grad_vi if need_vi else None, grad_values, None, None, None, None
+
+
+def depth_map(
+    height,
+    width,
+    face_vertices_z,
+    face_vertices_image,
+    face_values,
+    face_normals_z,
+    empty,
+    multiplier=1000,
+    eps=1e-8,
+):
+    """A dense map of one interpolated value per pixel from DIB-R's hard pass (e.g. a shadow map's depth).
+
+    The same values and gradients as ``dibr_rasterization_packed`` with ``soft_mask=False`` and
+    ``face_values[..., None]`` as the features, scattered into a map filled with ``empty``, in one op:
+    no soft mask, face index or packed rows are made.
+
+    Args:
+        height, width: map size in pixels.
+        face_vertices_z: (B, F, 3) depth of each face vertex; the largest interpolated value wins.
+        face_vertices_image: (B, F, 3, 2) NDC positions, y up.
+        face_values: (B, F, 3) per-corner values to interpolate.
+        face_normals_z: (B, F); faces with a negative value are not drawn.
+        empty: (B,) value of the pixels no face covers.
+        multiplier, eps: as ``dibr_rasterization``.
+
+    Returns:
+        (B, H, W) map, differentiable w.r.t. ``face_vertices_image`` and ``face_values``.
+    """
+    values = (
+        face_values[..., None] if torch.is_tensor(face_values) and face_values.dim() == 3 else face_values
+    )
+    args = (height, width, face_vertices_z, face_vertices_image, values, face_normals_z)
+    check_dibr_inputs(*args, 1)
+    if values.shape[-1] != 1:
+        raise ValueError(f"face_values must have shape (B, F, 3), got {tuple(face_values.shape)}")
+    batch = face_vertices_image.shape[0]
+    if not torch.is_tensor(empty) or empty.shape != (batch,):
+        raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
+    empty = empty.to(dtype=face_vertices_image.dtype, device=face_vertices_image.device)
+    return _DepthMap.apply(
+        height, width, face_vertices_z, face_vertices_image, face_values, face_normals_z, empty,
+        float(multiplier), float(eps),
+    )  # fmt: skip
 
 
 def dibr_rasterization(

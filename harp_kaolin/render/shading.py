@@ -34,6 +34,7 @@ from torch import Tensor
 from harp_kaolin.render.camera import Camera, face_inputs
 from harp_kaolin.render.rasterize import rasterize_packed
 from warp_kernels import reference
+from warp_kernels.raster import depth_map
 from warp_kernels.shadow import check_pcf_inputs, project_points
 from warp_kernels.shadow import pcf_visibility as warp_pcf_visibility
 
@@ -203,6 +204,12 @@ def shadow_map(
     rows = torch.stack([s, s, torch.ones_like(s)], dim=-1)  # (B, 3)
     scaled = (vertices - view.eye[:, None]) @ (view.rotation * rows[..., None]).transpose(1, 2)
     fvz, fvi, fnz = face_inputs(scaled, faces, camera, "warp" if backend == "warp" else "torch")
+    if backend == "warp":  # the same map in one op (no soft mask, face index or packed rows)
+        unknown = set(raster_options) - {"sigmainv", "boxlen", "knum", "multiplier", "eps"}
+        if unknown:
+            raise ValueError(f"unknown DIB-R arguments {sorted(unknown)}")
+        options = {k: v for k, v in raster_options.items() if k in ("multiplier", "eps")}
+        return -depth_map(view.size, view.size, fvz, fvi, fvz, fnz, -view.far, **options)
     # -depth of the corners (a view of fvz) is interpolated as the feature
     out = rasterize_packed(
         view.size, view.size, fvz, fvi, fvz[..., None], fnz, backend=backend, soft_mask=False,
