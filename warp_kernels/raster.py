@@ -701,6 +701,7 @@ def _soft_backward(
     b = p // (ys.shape[0] * xs.shape[0])
     x0 = xs[j]
     y0 = ys[i]
+    scale = -g_out * sigmainv / multiplier  # NDC gradient = multiplier * gradient in multiplied units
     for a in range(first, first + keep):
         prob = probs[a]
         q = one - prob
@@ -709,8 +710,7 @@ def _soft_backward(
             loo = nonzero_prod / q
         elif q == zero:
             loo = nonzero_prod
-        # NDC gradient = multiplier * gradient in multiplied units
-        coef = -g_out * loo * prob * sigmainv / multiplier
+        coef = scale * loo * prob
         if coef == zero:
             continue
         v = (b * faces + lists[a]) * 6
@@ -729,11 +729,11 @@ def _soft_backward(
             ea = y2 - y1
             eb = x1 - x2
             up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
-            down = ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS)
-            d2 = up * up / down
-            dda = two * (x0 * up - d2 * ea) / down
-            ddb = two * (y0 * up - d2 * eb) / down
-            ddc = two * up / down
+            inv = one / (ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS))
+            d2 = up * up * inv
+            dda = two * (x0 * up - d2 * ea) * inv
+            ddb = two * (y0 * up - d2 * eb) * inv
+            ddc = two * up * inv
             wp.atomic_add(grad_vi, k1, coef * (ddb - y2 * ddc))
             wp.atomic_add(grad_vi, k1 + 1, coef * (x2 * ddc - dda))
             wp.atomic_add(grad_vi, k2, coef * (y1 * ddc - ddb))
