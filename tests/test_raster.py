@@ -426,3 +426,19 @@ def test_depth_map_checks_its_inputs():
         raster.depth_map(5, 5, fvz, fvi, feats[0][..., 0], fnz, torch.zeros(3))
     with pytest.raises(ValueError, match="face_values"):
         raster.depth_map(5, 5, fvz, fvi, torch.zeros(2, 4, 3, 2), fnz, torch.zeros(2))
+
+
+def test_packed_order_independent_path_matches_sequential(monkeypatch):
+    """The packed call lists its covered pixels in the dense pass on CPU and with nonzero() elsewhere:
+    the same rows, features and gradients."""
+    fvz, fvi, feats, fnz = random_scene(batch=3, faces=60, seed=11)
+    results = []
+    for sequential in (True, False):
+        monkeypatch.setattr(raster, "SEQUENTIAL_CPU", sequential)
+        vi = fvi.clone().requires_grad_()
+        packed, soft, idx, flat = raster.dibr_rasterization_packed(31, 33, fvz, vi, feats[0], fnz, knum=3)
+        (packed.square().sum() + soft.sum()).backward()
+        results.append((packed, soft, idx, flat, vi.grad))
+    assert results[0][3].shape[0] > 0
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

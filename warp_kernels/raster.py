@@ -297,9 +297,12 @@ def _interpolate(
     face_idx: wp.array(dtype=wp.int64),
     soft: wp.array(dtype=Any),
     out: wp.array(dtype=Any),
+    covered: wp.array(dtype=wp.int64),
+    count: wp.array(dtype=wp.int32),
 ):
     """Per pixel: face index (-1 for background), soft mask 1 if covered (else 0 for now) and the
-    features of the winning face (``out`` comes zeroed)."""
+    features of the winning face (``out`` comes zeroed). With ``covered`` not empty (sequential CPU
+    launches only) the covered pixels are also listed there, in increasing order, ``count[0]`` of them."""
     p = wp.tid()
     f = fidx[p]
     if f == _NO_FACE:
@@ -309,6 +312,8 @@ def _interpolate(
         return
     face_idx[p] = wp.int64(f)
     soft[p] = type(eps)(1.0)
+    if covered.shape[0] > 0:
+        covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
     if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
         _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, p)
 
@@ -1026,10 +1031,14 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
     dense_dims = 0 if o.packed else dims
     args = [w_vim, w_feats, faces, dense_dims, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
-    launch(_interpolate, fidx.numel(), [*args, _wp(soft), _wp(out.view(-1))])
+    # a sequential (CPU) launch lists the covered pixels in order itself; elsewhere nonzero() does
+    listed = o.packed and vim.device.type == "cpu" and SEQUENTIAL_CPU
+    covered = torch.empty(fidx.numel() if listed else 0, dtype=torch.int64, device=vim.device)
+    count = torch.zeros(1, dtype=torch.int32, device=vim.device)
+    launch(_interpolate, fidx.numel(), [*args, _wp(soft), _wp(out.view(-1)), _wp(covered), _wp(count)])
     flat = packed = None
     if o.packed:
-        flat = (fidx >= 0).nonzero()[:, 0]
+        flat = covered[: int(count)].clone() if listed else (fidx >= 0).nonzero()[:, 0]
         packed = torch.empty((flat.shape[0], dims), dtype=vim.dtype, device=vim.device)
         if flat.shape[0]:
             args = [
