@@ -469,12 +469,14 @@ def _row_counts(
     cap: int,
     window: wp.array(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
+    links: int,
     row_free: wp.array(dtype=wp.int32),
     row_total: wp.array(dtype=wp.int64),
 ):
-    """Per image row of the window: candidate count per uncovered pixel (at most ``cap``), running count
-    of uncovered pixels from the window's left column (``row_free``, W + 1 per image row) and the row's
-    total count."""
+    """Per image row of the window: candidate count per uncovered pixel (at most ``cap``), the row's total
+    count, and in ``row_free`` (W + 1 per image row) either the running count of uncovered pixels from
+    the window's left column or, with ``links``, a link per column: itself if uncovered, else the next
+    column (the sequential fill's "next open pixel" forest; the window's right column links to itself)."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
@@ -485,7 +487,10 @@ def _row_counts(
     acc = wp.int32(0)
     free = wp.int32(0)
     total = wp.int64(0)
-    row_free[free_row + window[2]] = 0
+    if links == 0:
+        row_free[free_row + window[2]] = 0
+    else:
+        row_free[free_row + window[3]] = window[3]
     for j in range(window[2], window[3]):
         p = row + j
         acc = acc + corners[src + j]
@@ -495,8 +500,21 @@ def _row_counts(
             c = wp.min(acc, cap)
         count[p] = c
         total = total + wp.int64(c)
-        row_free[free_row + j + 1] = free
+        if links == 0:
+            row_free[free_row + j + 1] = free
+        else:
+            row_free[free_row + j] = wp.where(fidx[p] < 0, j, j + 1)
     row_total[b * height + i] = total
+
+
+@wp.func
+def _next_open(links: wp.array(dtype=wp.int32), base: int, j: int):
+    """The first open column >= j of a row's link forest (path halving keeps later searches short)."""
+    while links[base + j] != j:
+        up = links[base + links[base + j]]
+        links[base + j] = up
+        j = up
+    return j
 
 
 @wp.kernel
@@ -554,7 +572,9 @@ def _soft_fill(
     ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``). With ``probs`` not
     empty (sequential launches only, where ``cap`` is knum and faces come in index order) it also
     computes each kept face's probability and distance kind and multiplies ``1 - prob`` into ``soft``
-    (which holds 1 on uncovered window pixels): the soft forward, face by face, in list order.
+    (which holds 1 on uncovered window pixels): the soft forward, face by face, in list order. It then
+    walks ``row_free`` as a link forest (see ``_row_counts``) and skips covered and full pixels, so
+    ``count`` ends as the number kept.
     """
     t = wp.tid()
     top = boxes[t * 4]
@@ -576,23 +596,35 @@ def _soft_fill(
     for i in range(top, bottom):
         row = (b * height + i) * width
         free_row = (b * height + i) * (width + 1)
-        todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
-        j = left
-        while todo > 0:
-            p = row + j
-            if fidx[p] < 0:
-                todo = todo - 1
-                slot = wp.atomic_add(count, p, 1)
-                if slot < cap:
-                    a = start[p] + slot
-                    lists[a] = f
-                    if compute:
-                        d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
-                        prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
-                        probs[a] = prob
-                        kinds[a] = kind
-                        soft[p] = soft[p] * (one - prob)
-            j = j + 1
+        if compute:
+            # Sequential: visit only the open pixels (uncovered, fewer than cap faces) through the row's
+            # link forest; a pixel that reaches cap links past itself.
+            j = _next_open(row_free, free_row, left)
+            while j < right:
+                p = row + j
+                slot = count[p]
+                count[p] = slot + 1
+                a = start[p] + slot
+                lists[a] = f
+                d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
+                prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
+                probs[a] = prob
+                kinds[a] = kind
+                soft[p] = soft[p] * (one - prob)
+                if slot + 1 >= cap:
+                    row_free[free_row + j] = j + 1
+                j = _next_open(row_free, free_row, j + 1)
+        else:
+            todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
+            j = left
+            while todo > 0:
+                p = row + j
+                if fidx[p] < 0:
+                    todo = todo - 1
+                    slot = wp.atomic_add(count, p, 1)
+                    if slot < cap:
+                        lists[start[p] + slot] = f
+                j = j + 1
 
 
 @wp.kernel
@@ -982,7 +1014,7 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     count = torch.empty_like(fidx)
     row_free = torch.empty(batch * height * (width + 1), dtype=torch.int32, device=device)
     row_total = torch.zeros(batch * height, dtype=torch.int64, device=device)
-    out = [_wp(count), _wp(row_free), _wp(row_total)]
+    out = [_wp(count), int(sequential), _wp(row_free), _wp(row_total)]
     launch(_row_counts, batch * rows, [_wp(corners), _wp(fidx), height, width, cap, w_window, *out])
     row_start = row_total.cumsum(0) - row_total
     total = int(row_start[-1] + row_total[-1])
