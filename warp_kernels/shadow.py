@@ -55,6 +55,20 @@ def _sigmoid(x: Any):
     return wp.where(x >= type(x)(0.0), s, e * s)
 
 
+@wp.func
+def _block(depth_map: wp.array3d(dtype=Any), b: int, x0: int, y0: int):
+    """The 4 x 4 texels the 9 taps read, row-major: rows y0 - 1 .. y0 + 2, columns x0 - 1 .. x0 + 2
+    (clamped to the map)."""
+    height = depth_map.shape[1]
+    width = depth_map.shape[2]
+    z = wp.vector(dtype=depth_map.dtype, length=16)
+    for r in range(4):
+        row = wp.clamp(y0 - 1 + r, 0, height - 1)
+        for c in range(4):
+            z[r * 4 + c] = depth_map[b, row, wp.clamp(x0 - 1 + c, 0, width - 1)]
+    return z
+
+
 @wp.kernel
 def _pcf_forward(
     depth_map: wp.array3d(dtype=Any),
@@ -66,27 +80,24 @@ def _pcf_forward(
     visibility: wp.array(dtype=Any),
     taps: wp.array2d(dtype=Any),
 ):
-    """Visibility of each point; the 9 tap values go to ``taps`` (N, 9) for the adjoint (if not empty)."""
+    """Visibility of each point; the 9 tap values go to ``taps`` (N, 9) for the adjoint (if not empty).
+    The taps read a shared 4 x 4 block of texels (16 loads instead of 36)."""
     tid = wp.tid()
     b = batch_index[tid]
     d = depth[tid]
     one = type(d)(1.0)
     total = type(d)(0.0)
-    height = depth_map.shape[1]
-    width = depth_map.shape[2]
     x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
+    z = _block(depth_map, b, x0, y0)
     keep = taps.shape[0] > 0
-    for dy in range(-1, 2):
-        ya = wp.clamp(y0 + dy, 0, height - 1)
-        yb = wp.clamp(y0 + dy + 1, 0, height - 1)
-        for dx in range(-1, 2):
-            xa = wp.clamp(x0 + dx, 0, width - 1)
-            xb = wp.clamp(x0 + dx + 1, 0, width - 1)
-            top = (one - wx) * depth_map[b, ya, xa] + wx * depth_map[b, ya, xb]
-            bottom = (one - wx) * depth_map[b, yb, xa] + wx * depth_map[b, yb, xb]
+    for dy in range(3):
+        for dx in range(3):
+            k = dy * 4 + dx
+            top = (one - wx) * z[k] + wx * z[k + 1]
+            bottom = (one - wx) * z[k + 4] + wx * z[k + 5]
             v = _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
             if keep:
-                taps[tid, (dy + 1) * 3 + dx + 1] = v
+                taps[tid, dy * 3 + dx] = v
             total += v
     visibility[tid] = total / type(d)(9.0)
 
