@@ -77,23 +77,74 @@ def declare_float_overloads(namespace: dict) -> None:
             wp.overload(kernel, types)
 
 
-def launch(kernel, dim: int, args: list) -> None:
-    """``wp.launch`` on the device of the first argument (a tensor), on CUDA in torch's current stream.
+_TORCH_TO_WARP = {
+    torch.float32: wp.float32,
+    torch.float64: wp.float64,
+    torch.int32: wp.int32,
+    torch.int64: wp.int64,
+}
+_OVERLOADS: dict = {}
 
-    int32 tensors become int32 arrays, other tensors arrays of the first tensor's float type (float32 or
-    float64), Python floats scalars of that type; anything else is passed as it is.
+
+def overload(kernel, scalar):
+    """The concrete kernel of ``kernel`` for the float type ``scalar`` (the kernel itself when it is not
+    generic): every ``Any`` becomes ``scalar``, as ``declare_float_overloads`` declared it. Cached."""
+    key = (kernel, scalar)
+    found = _OVERLOADS.get(key)
+    if found is None:
+        if not kernel.is_generic:
+            found = kernel
+        else:
+            types = []
+            for arg in kernel.adj.arg_types.values():
+                if arg is Any:
+                    arg = scalar
+                elif wp.types.is_array(arg) and arg.dtype is Any:
+                    arg = wp.array(dtype=scalar, ndim=arg.ndim)
+                types.append(arg)
+            found = kernel.get_overload(types)
+            if found is None:
+                raise RuntimeError(f"kernel {kernel.key} has no declared overload for {scalar.__name__}")
+        _OVERLOADS[key] = found
+    return found
+
+
+def launch_tensors(kernel, dim, args: list, device: torch.device) -> None:
+    """``wp.launch`` with torch tensors among the arguments, at a third of its Python cost.
+
+    The generic kernel's overload is picked once per float type (float64 if any float tensor is) and the
+    tensors go in as Warp's low-level array descriptors (``from_torch(return_ctype=True)``), which Warp
+    does not check: their dtype and dimension count are checked here instead. Python floats become the
+    kernel's scalar type. On CUDA the launch goes to torch's current stream.
     """
-    device = args[0].device
-    scalar = wp.float64 if args[0].dtype == torch.float64 else wp.float32
-    inputs = []
+    scalar = wp.float32
     for a in args:
+        if torch.is_tensor(a) and a.dtype == torch.float64:
+            scalar = wp.float64
+            break
+    concrete = overload(kernel, scalar)
+    inputs = []
+    for a, (name, arg) in zip(args, concrete.adj.arg_types.items()):
         if torch.is_tensor(a):
-            a = wp.from_torch(a, dtype=wp.int32 if a.dtype == torch.int32 else scalar, requires_grad=False)
+            if (
+                not wp.types.is_array(arg)
+                or _TORCH_TO_WARP.get(a.dtype) is not arg.dtype
+                or a.dim() != arg.ndim
+            ):
+                raise TypeError(
+                    f"{kernel.key}: argument {name} expects {arg}, got a {a.dtype} tensor of {a.dim()} dims"
+                )
+            a = wp.from_torch(a, requires_grad=False, return_ctype=True)
         elif isinstance(a, float):
-            a = scalar(a)
+            a = arg(a)
         inputs.append(a)
     stream = wp.stream_from_torch(device) if device.type == "cuda" else None
-    wp.launch(kernel, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
+    wp.launch(concrete, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
+
+
+def launch(kernel, dim: int, args: list) -> None:
+    """``launch_tensors`` on the device of the first argument (a tensor)."""
+    launch_tensors(kernel, dim, args, args[0].device)
 
 
 def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:

@@ -119,11 +119,6 @@ def _scalar(dtype: torch.dtype, value: float):
     return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
 
 
-def _arrays(tensors: list) -> list:
-    """Warp views of tensors: int32 ones as they are, float ones of their dtype."""
-    return [wp.from_torch(t, requires_grad=False) for t in tensors]
-
-
 class _ProjectFaces(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, faces, intrinsics, size):
@@ -135,15 +130,10 @@ class _ProjectFaces(torch.autograd.Function):
         fvz = points.new_empty(batch, count, 3)
         fvi = points.new_empty(batch, count, 3, 2)
         fnz = points.new_empty(batch, count)
-        device = wp.device_from_torch(points.device)
 
         def job(sl):
-            items = sl.stop - sl.start
-            arrays = _arrays([points[sl], faces, fvz[sl], fvi[sl], fnz[sl]])
-            inputs = [*arrays[:2], fx, fy, cx, cy, width, height, *arrays[2:]]
-            wp.launch(
-                _project_faces, dim=(items, count), inputs=inputs, device=device, stream=_stream(points)
-            )
+            inputs = [points[sl], faces, fx, fy, cx, cy, width, height, fvz[sl], fvi[sl], fnz[sl]]
+            parallel.launch_tensors(_project_faces, (sl.stop - sl.start, count), inputs, points.device)
 
         if batch and count:
             parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
@@ -163,28 +153,17 @@ class _ProjectFaces(torch.autograd.Function):
             adj_fvi = points.new_zeros(batch, count, 3, 2)
         adj_fvi = adj_fvi.contiguous()
         adj_fvz = points.new_zeros(0, 1, 1) if adj_fvz is None else adj_fvz.contiguous()
-        device = wp.device_from_torch(points.device)
 
         def job(sl):
-            items = sl.stop - sl.start
             fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
-            p, fc, gz, gi, gp = _arrays([points[sl], faces, fvz, adj_fvi[sl], adj_points[sl]])
-            inputs = [p, fc, *ctx.constants, gz, gi, gp]
-            wp.launch(
-                _project_faces_backward,
-                dim=(items, count),
-                inputs=inputs,
-                device=device,
-                stream=_stream(points),
+            inputs = [points[sl], faces, *ctx.constants, fvz, adj_fvi[sl], adj_points[sl]]
+            parallel.launch_tensors(
+                _project_faces_backward, (sl.stop - sl.start, count), inputs, points.device
             )
 
         if batch and count:
             parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
         return adj_points, None, None, None
-
-
-def _stream(t: Tensor):
-    return wp.stream_from_torch(t.device) if t.device.type == "cuda" else None
 
 
 def project_faces(

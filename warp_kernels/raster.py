@@ -922,8 +922,9 @@ def check_dibr_inputs(
             )
 
 
-def _wp(t: torch.Tensor):
-    return wp.from_torch(t.contiguous(), requires_grad=False)
+def _wp(t: torch.Tensor) -> torch.Tensor:
+    """A kernel argument: the tensor, contiguous (``_Launcher`` hands it to Warp)."""
+    return t.contiguous()
 
 
 def _scalar(dtype: torch.dtype, value: float):
@@ -935,11 +936,10 @@ class _Launcher:
 
     def __init__(self, device: torch.device):
         wp.init()  # no-op once initialized; never done at import
-        self.device = wp.device_from_torch(device)
-        self.stream = wp.stream_from_torch(device) if device.type == "cuda" else None
+        self.torch_device = device
 
     def __call__(self, kernel, dim, inputs):
-        wp.launch(kernel, dim=dim, inputs=inputs, device=self.device, stream=self.stream)
+        parallel.launch_tensors(kernel, dim, inputs, self.torch_device)
 
 
 class _Setup(NamedTuple):

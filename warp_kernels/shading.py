@@ -409,21 +409,11 @@ def _shade_parts(kernel, floats, topo, per_pixel, shared=()) -> None:
 
 def _launch(kernel, items: int | tuple[int, int], args: list) -> None:
     """Launch ``kernel`` over ``items`` (the last dimension in chunks of ``chunk`` items per thread, the
-    kernel's last argument) on the tensors' device, on CUDA in torch's current stream; tensors in ``args``
-    become Warp arrays (int32 and int64 ones as they are, float ones of the first float tensor's dtype)."""
-    tensors = [a for a in args if isinstance(a, Tensor)]
-    device = tensors[0].device
-    floats = next(t.dtype for t in tensors if t.is_floating_point())
-    dtype = wp.float64 if floats == torch.float64 else wp.float32
-    ints = {torch.int32: wp.int32, torch.int64: wp.int64}
-    inputs = [
-        wp.from_torch(a, dtype=ints.get(a.dtype, dtype), requires_grad=False) if isinstance(a, Tensor) else a
-        for a in args
-    ]
+    kernel's last argument) on the tensors' device (``parallel.launch_tensors``)."""
+    device = next(a for a in args if isinstance(a, Tensor)).device
     chunk = CPU_CHUNK if device.type == "cpu" else 1
     dim = (items[0], -(-items[1] // chunk)) if isinstance(items, tuple) else -(-items // chunk)
-    stream = wp.stream_from_torch(device) if device.type == "cuda" else None
-    wp.launch(kernel, dim=dim, inputs=[*inputs, chunk], device=wp.device_from_torch(device), stream=stream)
+    parallel.launch_tensors(kernel, dim, [*args, chunk], device)
 
 
 def fused_shade(
