@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=448, help="image width and height, pixels")
     parser.add_argument("--batch", type=int, default=8, help="frames per call")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed Warp runs (median reported)")
-    parser.add_argument("--torch-repeats", type=int, default=3, help="timed runs of the (slow) torch twins")
+    # The machine's speed drifts by tens of percent over seconds; medians of more runs keep the ratio steady.
+    parser.add_argument("--repeats", type=int, default=11, help="timed Warp runs (median reported)")
+    parser.add_argument("--torch-repeats", type=int, default=5, help="timed runs of the (slow) torch twins")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (kernel loading, caches)")
     parser.add_argument("--no-shadows", action="store_true", help="V = 1 (no shadow map)")
     parser.add_argument("--profile", action="store_true", help="also time each rendering step, both backends")
