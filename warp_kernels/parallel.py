@@ -148,7 +148,8 @@ def launch(kernel, dim: int, args: list) -> None:
 
 
 def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
-    """``[job(item) for item in items]``, on a thread pool when there are several items.
+    """``[job(item) for item in items]``: the first item on the calling thread, the others at the same
+    time on a thread pool.
 
     ``module`` is the ``__name__`` of the module whose kernels the jobs launch: it is built and loaded
     once before the threads start, so they never race on compiling it.
@@ -159,11 +160,19 @@ def run(device: torch.device, module: str, items: Sequence, job: Callable) -> li
     if (module, wp_device.alias) not in _LOADED:
         wp.load_module(sys.modules[module], device=wp_device)
         _LOADED.add((module, wp_device.alias))
-    if not _POOL or _POOL[1] < len(items):
+    helpers = len(items) - 1  # the calling thread runs the first item itself
+    if not _POOL or _POOL[1] < helpers:
         if _POOL:
             _POOL[0].shutdown(wait=False)  # its threads end once idle
-        _POOL[:] = [ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="warp-cpu"), len(items)]
-    return list(_POOL[0].map(job, items))
+        _POOL[:] = [ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="warp-cpu"), helpers]
+    futures = [_POOL[0].submit(job, item) for item in items[1:]]
+    try:
+        first = job(items[0])
+    except BaseException:
+        for f in futures:
+            f.exception()  # wait for the helpers (they use the caller's tensors), keep the first error
+        raise
+    return [first, *(f.result() for f in futures)]
 
 
 def private_zeros(like: torch.Tensor, parts: int) -> list[torch.Tensor]:
