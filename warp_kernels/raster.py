@@ -593,6 +593,7 @@ def _soft_fill(
     cx = vim[v + 4]
     cy = vim[v + 5]
     one = type(sigmainv)(1.0)
+    scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
     for i in range(top, bottom):
         row = (b * height + i) * width
         free_row = (b * height + i) * (width + 1)
@@ -607,7 +608,7 @@ def _soft_fill(
                 a = start[p] + slot
                 lists[a] = f
                 d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
-                prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
+                prob = wp.exp(-(scale * d2))
                 probs[a] = prob
                 kinds[a] = kind
                 soft[p] = soft[p] * (one - prob)
@@ -681,11 +682,12 @@ def _soft_forward(
     x0 = xs[j]
     y0 = ys[i]
     one = type(sigmainv)(1.0)
+    scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
     allprob = one
     for a in range(first, first + wp.min(n, knum)):
         v = (b * faces + lists[a]) * 6
         d2, kind = _soft_dist2(x0, y0, vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5])
-        prob = wp.exp(-(sigmainv * d2 / multiplier / multiplier))
+        prob = wp.exp(-(scale * d2))
         probs[a] = prob
         kinds[a] = kind
         allprob = allprob * (one - prob)
