@@ -636,10 +636,13 @@ def _soft_finish(
     width: int,
     window: wp.array(dtype=wp.int32),
     soft: wp.array(dtype=Any),
+    product: wp.array(dtype=Any),
 ):
-    """Per uncovered window pixel: soft = 1 - (the product of 1 - prob that ``_soft_fill`` left there)."""
+    """Per uncovered window pixel: soft = 1 - (the product of 1 - prob that ``_soft_fill`` left there),
+    the product kept in ``product`` for the backward."""
     p, i, j = _window_pixel(wp.tid(), window, height, width)
     if fidx[p] < 0:
+        product[p] = soft[p]
         soft[p] = type(soft[p])(1.0) - soft[p]
 
 
@@ -711,11 +714,12 @@ def _soft_backward(
     sigmainv: Any,
     multiplier: Any,
     knum: int,
+    product: wp.array(dtype=Any),
     grad_soft: wp.array(dtype=Any),
     grad_vi: wp.array(dtype=Any),
 ):
     """Per window pixel with candidates: d soft / d face_vertices_image through each kept candidate's
-    distance."""
+    distance (``product``: the forward's products of 1 - prob, or empty)."""
     p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
     first = start[p]
     keep = wp.min(wp.min(count[p], cap), knum)
@@ -727,15 +731,19 @@ def _soft_backward(
         return
     one = type(sigmainv)(1.0)
     two = type(sigmainv)(2.0)
-    # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0
+    # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0. The forward's
+    # product (if kept) is the same product in the same order; a zero there means a zero factor.
     nonzero_prod = one
     zeros = wp.int32(0)
-    for a in range(first, first + keep):
-        q = one - probs[a]
-        if q == zero:
-            zeros = zeros + 1
-        else:
-            nonzero_prod = nonzero_prod * q
+    if product.shape[0] > 0 and product[p] != zero:
+        nonzero_prod = product[p]
+    else:
+        for a in range(first, first + keep):
+            q = one - probs[a]
+            if q == zero:
+                zeros = zeros + 1
+            else:
+                nonzero_prod = nonzero_prod * q
     if zeros > 1:
         return
     b = p // (ys.shape[0] * xs.shape[0])
@@ -988,7 +996,8 @@ class _SoftLists(NamedTuple):
 
 def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
-    (the candidate lists, their probabilities and distance kinds), None when no face has a box.
+    (the candidate lists, their probabilities and distance kinds, and on CPU each pixel's product of
+    1 - prob), None when no face has a box.
 
     Per uncovered pixel, the faces whose grown box holds it are listed; only the window, the union of
     all grown boxes of the slice's faces, is visited. On CPU (sequential launch) each list holds only
@@ -1036,12 +1045,13 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     computed = [_wp(probs), _wp(kinds), w_soft] if sequential else [nothing, _wp(kinds[:0]), nothing]
     fill = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), height, w_fidx, _wp(row_free)]
     launch(_soft_fill, batch * faces, [*fill, *slots, *computed])
+    product = torch.empty(fidx.numel() if sequential else 0, dtype=dtype, device=device)
     if sequential:
-        launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft])
+        launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft, _wp(product)])
     else:
         args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
         launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), _wp(kinds), w_soft])
-    return cand, probs, kinds
+    return cand, probs, kinds, product
 
 
 def _list_args(cand: _SoftLists) -> list:
@@ -1115,9 +1125,9 @@ def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _
         if threads:
             launch(_hard_backward, threads, args)
     if grad_soft is not None and soft_saved is not None:
-        cand, probs, kinds = soft_saved
+        cand, probs, kinds, product = soft_saved
         args = [w_vim, faces, *_list_args(cand), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
-        args += [c.multiplier, c.knum, _wp(grad_soft.view(-1)), w_grad_vi]
+        args += [c.multiplier, c.knum, _wp(product), _wp(grad_soft.view(-1)), w_grad_vi]
         launch(_soft_backward, cand.pixels, args)
 
 
