@@ -276,10 +276,9 @@ def _write_features(
     w0, w1, w2, norm = _crosses(
         vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
     )
-    inv = type(eps)(1.0) / norm  # one division (the hard pass's depth test divides, for exact ties)
-    w0 = w0 * inv
-    w1 = w1 * inv
-    w2 = w2 * inv
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
     c = (b * faces + f) * 3 * dims
     for d in range(dims):
         out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
@@ -831,10 +830,9 @@ def _hard_backward(
     w0, w1, w2, norm = _crosses(
         vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
     )
-    inv = type(eps)(1.0) / norm
-    w0 = w0 * inv
-    w1 = w1 * inv
-    w2 = w2 * inv
+    w0 = w0 / norm
+    w1 = w1 / norm
+    w2 = w2 / norm
     g1 = zero
     g2 = zero
     c = (b * faces + f) * 3 * dims
