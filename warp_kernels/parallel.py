@@ -86,6 +86,11 @@ _TORCH_TO_WARP = {
 _OVERLOADS: dict = {}
 
 
+def scalar(dtype: torch.dtype, value: float):
+    """``value`` as a Warp scalar of the float type matching ``dtype`` (float64 or float32)."""
+    return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
+
+
 def overload(kernel, scalar):
     """The concrete kernel of ``kernel`` for the float type ``scalar`` (the kernel itself when it is not
     generic): every ``Any`` becomes ``scalar``, as ``declare_float_overloads`` declared it. Cached."""

@@ -115,18 +115,14 @@ def _project_faces_backward(
 parallel.declare_float_overloads(globals())
 
 
-def _scalar(dtype: torch.dtype, value: float):
-    return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
-
-
 class _ProjectFaces(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, faces, intrinsics, size):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         points = points.detach().contiguous()
         batch, count = points.shape[0], faces.shape[0]
-        fx, fy, cx, cy = (_scalar(points.dtype, v) for v in intrinsics)
-        width, height = (_scalar(points.dtype, float(v)) for v in size)
+        fx, fy, cx, cy = (parallel.scalar(points.dtype, v) for v in intrinsics)
+        width, height = (parallel.scalar(points.dtype, float(v)) for v in size)
         fvz = points.new_empty(batch, count, 3)
         fvi = points.new_empty(batch, count, 3, 2)
         fnz = points.new_empty(batch, count)

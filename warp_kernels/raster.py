@@ -937,10 +937,6 @@ def _wp(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _scalar(dtype: torch.dtype, value: float):
-    return wp.float64(value) if dtype == torch.float64 else wp.float32(value)
-
-
 class _Launcher:
     """Launches on the tensors' device and, on CUDA, on torch's current stream."""
 
@@ -1008,7 +1004,7 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
     sequential = device.type == "cpu" and SEQUENTIAL_CPU
     cap = c.knum if sequential else 2**31 - 1
-    margin = _scalar(dtype, c.margin)
+    margin = parallel.scalar(dtype, c.margin)
     grid = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
@@ -1104,24 +1100,39 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     return (fidx, flat, soft_saved), packed
 
 
+def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c: _Setup):
+    """Kaolin's interpolation gradient (``_hard_backward``) on a batch slice, into grad_vi and (if not
+    None) grad_feats. ``flat`` None: ``grad_out`` is dense, one thread per pixel; else the packed rows'
+    pixels."""
+    faces, dims = fvi.shape[1], feats.shape[-1]
+    if flat is None:
+        flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
+    else:
+        threads = flat.shape[0]
+    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, _wp(fidx), _wp(flat)]
+    targets = [_wp(grad_vi.view(-1)), _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
+    args += [
+        _wp(c.xs),
+        _wp(c.ys),
+        c.multiplier,
+        c.eps,
+        _wp(grad_out.reshape(-1)),
+        int(grad_feats is not None),
+    ]
+    if threads:
+        launch(_hard_backward, threads, [*args, *targets])
+
+
 def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _Setup):
     """Whole backward on a batch slice, accumulating into (views of) grad_vi and grad_feats.
 
     ``grad_out`` holds the slice's rows: (B_s, H, W, D) dense or (N_s, D) packed.
     """
     fvi, vim, feats, (fidx, flat, soft_saved) = saved
-    faces, dims = fvi.shape[1], feats.shape[-1]
+    faces = fvi.shape[1]
     w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys), _wp(grad_vi.view(-1))
     if grad_out is not None:
-        if flat is None:
-            flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
-        else:
-            threads = flat.shape[0]
-        args = [_wp(fvi.view(-1)), w_vim, _wp(feats.view(-1)), faces, dims, _wp(fidx), _wp(flat), w_xs, w_ys]
-        targets = [w_grad_vi, _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
-        args += [c.multiplier, c.eps, _wp(grad_out.reshape(-1)), int(grad_feats is not None), *targets]
-        if threads:
-            launch(_hard_backward, threads, args)
+        _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c)
     if grad_soft is not None and soft_saved is not None:
         cand, probs, kinds, product = soft_saved
         args = [w_vim, faces, *_list_args(cand), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
@@ -1146,7 +1157,8 @@ class _DibrRasterization(torch.autograd.Function):
         fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
         xs, ys = pixel_centres(height, width, multiplier, dtype, device)
         scalars = [
-            _scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
+            parallel.scalar(dtype, v)
+            for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
         ]
         setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, knum, boxlen * multiplier)
         vim = fvi * multiplier
@@ -1216,7 +1228,9 @@ class _DepthMap(torch.autograd.Function):
         fvi, values = fvi.detach().contiguous(), values.detach().contiguous()
         fvz, fnz, empty = fvz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
         xs, ys = pixel_centres(height, width, multiplier, dtype, device)
-        scalars = [_scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)]
+        scalars = [
+            parallel.scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)
+        ]
         setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, 1, 0.0)
         vim = fvi * multiplier
         out = torch.empty((batch, height, width), dtype=dtype, device=device)
@@ -1250,24 +1264,21 @@ class _DepthMap(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_vi = torch.zeros_like(fvi)
         grad_values = torch.zeros_like(values) if need_values else None
-        c = ctx.setup
-        no_rows = torch.empty(0, dtype=torch.int64, device=fvi.device)  # dense: one thread per pixel
 
         def job(launch, k):
             sl, fidx = ctx.parts[k]
-            faces = fvi.shape[1]
+            grad_feats = grad_values[sl, ..., None] if grad_values is not None else None
             args = [
-                _wp(fvi[sl].view(-1)),
-                _wp(vim[sl].view(-1)),
-                _wp(values[sl].view(-1)),
-                faces,
-                1,
-                _wp(fidx),
+                fvi[sl],
+                vim[sl],
+                values[sl, ..., None],
+                fidx,
+                None,
+                grad_out[sl],
+                grad_vi[sl],
+                grad_feats,
             ]
-            args += [_wp(no_rows), _wp(c.xs), _wp(c.ys), c.multiplier, c.eps, _wp(grad_out[sl].reshape(-1))]
-            targets = grad_values[sl] if grad_values is not None else grad_vi[sl]
-            args += [int(grad_values is not None), _wp(grad_vi[sl].view(-1)), _wp(targets.view(-1))]
-            launch(_hard_backward, fidx.numel(), args)
+            _interpolation_backward(launch, *args, ctx.setup)  # dense: one thread per pixel
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
         return None, None, None, grad_vi if need_vi else None, grad_values, None, None, None, None
