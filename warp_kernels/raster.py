@@ -64,6 +64,8 @@ wp.set_module_options({"enable_backward": False, "fuse_fp": False})
 _EDGE_EPS = 1e-7  # Kaolin's EPS in dibr_soft_mask_cuda.cu (added to squared edge lengths)
 _FAR = 1e30  # "no distance" for an edge whose foot is off the edge (any real squared distance is less)
 _NO_FACE = 2**31 - 1
+_KINDS = 8  # a soft-mask list entry is face * _KINDS + kind (the kind: 0-5), so faces < 2**28
+MAX_FACES = (2**31 - 1) // _KINDS
 # CPU launches run their threads in index order, which the CPU path relies on; tests switch this off to
 # run the order-independent path (the CUDA one) on CPU.
 SEQUENTIAL_CPU = True
@@ -168,6 +170,22 @@ def _soft_dist2(x0: Any, y0: Any, ax: Any, ay: Any, bx: Any, by: Any, cx: Any, c
     best, kind = _closer(_edge_dist2(x0, y0, bx, by, cx, cy), 1, best, kind)
     best, kind = _closer(_edge_dist2(x0, y0, cx, cy, ax, ay), 2, best, kind)
     return best, kind
+
+
+@wp.func
+def _entry(face: int, kind: int):
+    """A soft-mask list entry: the face index and its distance kind (0-5, ``_soft_dist2``) in one int32."""
+    return face * _KINDS + kind
+
+
+@wp.func
+def _entry_face(entry: int):
+    return entry // _KINDS
+
+
+@wp.func
+def _entry_kind(entry: int):
+    return entry - entry // _KINDS * _KINDS
 
 
 @wp.func
@@ -563,7 +581,6 @@ def _soft_fill(
     sigmainv: Any,
     multiplier: Any,
     probs: wp.array(dtype=Any),
-    kinds: wp.array(dtype=wp.int32),
     soft: wp.array(dtype=Any),
 ):
     """Per face: append its index to the lists of the uncovered pixels of its grown box.
@@ -571,10 +588,10 @@ def _soft_fill(
     Keeps at most ``cap`` faces per pixel: the lowest indices when the launch is sequential (CPU).
     ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``). With ``probs`` not
     empty (sequential launches only, where ``cap`` is knum and faces come in index order) it also
-    computes each kept face's probability and distance kind and multiplies ``1 - prob`` into ``soft``
-    (which holds 1 on uncovered window pixels): the soft forward, face by face, in list order. It then
-    walks ``row_free`` as a link forest (see ``_row_counts``) and skips covered and full pixels, so
-    ``count`` ends as the number kept.
+    computes each kept face's probability and distance kind, lists the face as ``_entry(face, kind)``,
+    and multiplies ``1 - prob`` into ``soft`` (which holds 1 on uncovered window pixels): the soft
+    forward, face by face, in list order. It then walks ``row_free`` as a link forest (see
+    ``_row_counts``) and skips covered and full pixels, so ``count`` ends as the number kept.
     """
     t = wp.tid()
     top = boxes[t * 4]
@@ -606,11 +623,10 @@ def _soft_fill(
                 slot = count[p]
                 count[p] = slot + 1
                 a = start[p] + slot
-                lists[a] = f
                 d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
+                lists[a] = _entry(f, kind)
                 prob = wp.exp(-(scale * d2))
                 probs[a] = prob
-                kinds[a] = kind
                 soft[p] = soft[p] * (one - prob)
                 if slot + 1 >= cap:
                     row_free[free_row + j] = j + 1
@@ -660,11 +676,10 @@ def _soft_forward(
     multiplier: Any,
     knum: int,
     probs: wp.array(dtype=Any),
-    kinds: wp.array(dtype=wp.int32),
     soft: wp.array(dtype=Any),
 ):
     """Per window pixel with candidates: sort them by face index, keep ``knum``, soft mask and per-face
-    probabilities."""
+    probabilities; the kept faces become ``_entry(face, kind)``."""
     p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
     n = wp.min(count[p], cap)
     if n <= 0:
@@ -690,9 +705,9 @@ def _soft_forward(
     for a in range(first, first + wp.min(n, knum)):
         v = (b * faces + lists[a]) * 6
         d2, kind = _soft_dist2(x0, y0, vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5])
+        lists[a] = _entry(lists[a], kind)
         prob = wp.exp(-(scale * d2))
         probs[a] = prob
-        kinds[a] = kind
         allprob = allprob * (one - prob)
     soft[p] = one - allprob
 
@@ -707,7 +722,6 @@ def _soft_backward(
     window: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
     probs: wp.array(dtype=Any),
-    kinds: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
     sigmainv: Any,
@@ -760,8 +774,9 @@ def _soft_backward(
         coef = scale * loo * prob
         if coef == zero:
             continue
-        v = (b * faces + lists[a]) * 6
-        kind = kinds[a]
+        entry = lists[a]
+        v = (b * faces + _entry_face(entry)) * 6
+        kind = _entry_kind(entry)
         if kind >= 3:
             k = v + (kind - 3) * 2
             wp.atomic_add(grad_vi, k, coef * two * (vim[k] - x0))
@@ -909,6 +924,8 @@ def check_dibr_inputs(
     if image.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"face_vertices_image must be float32 or float64, got {image.dtype}")
     batch, faces = image.shape[:2]
+    if faces > MAX_FACES:
+        raise ValueError(f"face_vertices_image has {faces} faces; at most {MAX_FACES} are supported")
     features = list(face_features) if isinstance(face_features, (list, tuple)) else [face_features]
     if not features:
         raise ValueError("face_features must be a tensor or a non-empty list of tensors, got an empty list")
@@ -990,7 +1007,7 @@ class _SoftLists(NamedTuple):
 
 def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
-    (the candidate lists, their probabilities and distance kinds, and on CPU each pixel's product of
+    (the candidate lists of ``_entry`` values, their probabilities, and on CPU each pixel's product of
     1 - prob), None when no face has a box.
 
     Per uncovered pixel, the faces whose grown box holds it are listed; only the window, the union of
@@ -1033,10 +1050,9 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     launch(_row_starts, batch * rows, [*args, w_soft if sequential else nothing])
     lists = torch.empty(max(total, 1), dtype=torch.int32, device=device)
     probs = torch.empty(lists.shape, dtype=dtype, device=device)
-    kinds = torch.empty_like(lists)
     cand = _SoftLists(window, batch * rows * columns, start, count, cap, lists)
     slots = [_wp(start), cap, _wp(count), _wp(lists), _wp(c.ys), c.sigmainv, c.multiplier]
-    computed = [_wp(probs), _wp(kinds), w_soft] if sequential else [nothing, _wp(kinds[:0]), nothing]
+    computed = [_wp(probs), w_soft] if sequential else [nothing, nothing]
     fill = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), height, w_fidx, _wp(row_free)]
     launch(_soft_fill, batch * faces, [*fill, *slots, *computed])
     product = torch.empty(fidx.numel() if sequential else 0, dtype=dtype, device=device)
@@ -1044,8 +1060,8 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
         launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft, _wp(product)])
     else:
         args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
-        launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), _wp(kinds), w_soft])
-    return cand, probs, kinds, product
+        launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), w_soft])
+    return cand, probs, product
 
 
 def _list_args(cand: _SoftLists) -> list:
@@ -1134,8 +1150,8 @@ def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _
     if grad_out is not None:
         _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c)
     if grad_soft is not None and soft_saved is not None:
-        cand, probs, kinds, product = soft_saved
-        args = [w_vim, faces, *_list_args(cand), _wp(probs), _wp(kinds), w_xs, w_ys, c.sigmainv]
+        cand, probs, product = soft_saved
+        args = [w_vim, faces, *_list_args(cand), _wp(probs), w_xs, w_ys, c.sigmainv]
         args += [c.multiplier, c.knum, _wp(product), _wp(grad_soft.view(-1)), w_grad_vi]
         launch(_soft_backward, cand.pixels, args)
 

@@ -44,7 +44,7 @@ from warp_kernels import parallel
 wp.set_module_options({"enable_backward": False})
 
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize(eps=1e-12) in the twin
-CPU_CHUNK = 32  # consecutive items per kernel thread on CPU (one per thread on CUDA)
+CPU_CHUNK = 256  # consecutive items per kernel thread on CPU (one per thread on CUDA)
 
 
 @wp.func
