@@ -142,7 +142,7 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
     pixels = R.Pixels(frags.flat_index, frags.batch_index, *attrs)
     vis = None
     if r.shadows:
-        view = light_view(v, light, r.shadow_size)
+        view = light_view(v, light, r.shadow_size, backend=r.backend)
         depth_map = stage("shadow_map", lambda x: shadow_map(x, r.faces, view, r.backend), v)
 
         def lookup(m, p):

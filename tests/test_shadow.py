@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harp_kaolin.render.shading import light_view, shadow_map, shadow_visibility
+from harp_kaolin.render.shading import bounding_sphere, light_view, shadow_map, shadow_visibility
 from tests.conftest import DEVICES
 from warp_kernels import parallel, reference
 from warp_kernels.shadow import pcf_visibility, project_points
@@ -237,3 +237,21 @@ def test_shadow_map_backends_agree_with_gradients():
     for got, expected in zip(*results):
         assert expected.abs().max() > 0
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bounding_sphere_warp_has_the_twins_bits(device, dtype):
+    """The light view's framing is the same on both backends: the Warp bounding sphere equals the torch
+    one bit for bit (box centre, then the largest distance), and holds every point."""
+    gen = torch.Generator().manual_seed(3)
+    for shape in ((8, 6413, 3), (3, 1, 3), (2, 17, 3)):
+        points = (0.1 * torch.randn(*shape, generator=gen, dtype=dtype) + 0.5).to(device)
+        centre, radius = bounding_sphere(points, "warp")
+        ref_centre, ref_radius = bounding_sphere(points, "torch")
+        assert torch.equal(centre, ref_centre) and torch.equal(radius, ref_radius)
+        low, high = points.amin(1), points.amax(1)
+        torch.testing.assert_close(centre, (low + high) / 2)
+        assert bool(((points - centre[:, None]).norm(dim=-1) <= radius[:, None] * (1 + 1e-6)).all())
+    with pytest.raises(ValueError, match="points must have shape"):
+        bounding_sphere(torch.zeros(2, 0, 3, dtype=dtype, device=device), "warp")

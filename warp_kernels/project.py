@@ -1,4 +1,5 @@
-"""Rasterizer inputs of a mesh seen by a pinhole camera, in one Warp kernel (CPU and CUDA).
+"""Rasterizer inputs of a mesh seen by a pinhole camera, in one Warp kernel (CPU and CUDA); and the
+bounding sphere that frames the shadow map's light view.
 
 The Warp twin of ``harp_kaolin.render.camera.face_inputs`` (see that module for the conventions): per
 batch item b and face f, with the face's vertices ``p_k = points[b, faces[f, k]]`` (OpenCV camera
@@ -110,6 +111,45 @@ def _project_faces_backward(
         wp.atomic_add(adj_points, b, v, 0, gx)
         wp.atomic_add(adj_points, b, v, 1, -gy)
         wp.atomic_add(adj_points, b, v, 2, gz)
+
+
+@wp.kernel
+def _bounding_sphere(points: wp.array3d(dtype=Any), centre: wp.array2d(dtype=Any), far: wp.array(dtype=Any)):
+    """Per item: the centre of the points' bounding box and the largest squared distance from it, with the
+    float operations of ``harp_kaolin.render.shading.bounding_sphere`` (its twin)."""
+    b = wp.tid()
+    n = points.shape[1]
+    lo = wp.vector(points[b, 0, 0], points[b, 0, 1], points[b, 0, 2])
+    hi = lo
+    for v in range(1, n):
+        p = wp.vector(points[b, v, 0], points[b, v, 1], points[b, v, 2])
+        lo = wp.min(lo, p)
+        hi = wp.max(hi, p)
+    c = (lo + hi) / type(lo[0])(2.0)
+    largest = type(lo[0])(0.0)
+    for v in range(n):
+        dx = points[b, v, 0] - c[0]
+        dy = points[b, v, 1] - c[1]
+        dz = points[b, v, 2] - c[2]
+        largest = wp.max(largest, dx * dx + dy * dy + dz * dz)
+    for k in range(3):
+        centre[b, k] = c[k]
+    far[b] = largest
+
+
+def bounding_sphere(points: Tensor) -> tuple[Tensor, Tensor]:
+    """Centre (B, 3) of the bounding box of each item's points (B, V, 3), V >= 1, and the radius (B,) of
+    the sphere around it that holds them; no gradient. One Warp thread per item; the square root is
+    torch's, so the result has the bits of its twin ``harp_kaolin.render.shading.bounding_sphere``."""
+    if points.dim() != 3 or points.shape[-1] != 3 or points.shape[1] < 1:
+        raise ValueError(f"points must have shape (B, V >= 1, 3), got {tuple(points.shape)}")
+    wp.init()  # no-op after the first call; Warp is never initialized at import
+    points = points.detach().contiguous()
+    centre = points.new_empty(points.shape[0], 3)
+    far = points.new_empty(points.shape[0])
+    if points.shape[0]:
+        parallel.launch_tensors(_bounding_sphere, points.shape[0], [points, centre, far], points.device)
+    return centre, far.sqrt()
 
 
 parallel.declare_float_overloads(globals())

@@ -34,6 +34,7 @@ from torch import Tensor
 from harp_kaolin.render.camera import Camera, face_inputs
 from harp_kaolin.render.rasterize import rasterize_packed
 from warp_kernels import reference
+from warp_kernels.project import bounding_sphere as warp_bounding_sphere
 from warp_kernels.raster import depth_map
 from warp_kernels.shadow import check_pcf_inputs, project_points
 from warp_kernels.shadow import pcf_visibility as warp_pcf_visibility
@@ -127,8 +128,14 @@ class LightView:
         return f * q[:, :2] / zs[:, None] + self.size / 2, z
 
 
-def bounding_sphere(vertices: Tensor) -> tuple[Tensor, Tensor]:
-    """Centre (B, 3) of the bounding box and radius (B,) of the sphere around it, without gradient."""
+def bounding_sphere(vertices: Tensor, backend: str = "torch") -> tuple[Tensor, Tensor]:
+    """Centre (B, 3) of the bounding box and radius (B,) of the sphere around it, without gradient.
+
+    "warp" runs its Warp twin (``warp_kernels.shadow.bounding_sphere``: one kernel, the same bits); any
+    other backend these torch operations.
+    """
+    if backend == "warp":
+        return warp_bounding_sphere(vertices)
     v = vertices.detach()
     low, high = torch.aminmax(v, dim=1)
     centre = (low + high) / 2
@@ -141,6 +148,7 @@ def light_view(
     size: int = SHADOW_SIZE,
     max_distance: float = LIGHT_MAX_DISTANCE,
     margin: float = LIGHT_VIEW_MARGIN,
+    backend: str = "torch",
 ) -> LightView:
     """Shadow-map camera at the light, looking at the hand (see the module docstring).
 
@@ -150,11 +158,12 @@ def light_view(
         size: shadow-map texels per side.
         max_distance: farther lights are moved to this distance from the hand centre, meters.
         margin: growth of the bounding sphere that the field of view covers.
+        backend: of ``bounding_sphere`` (the same view either way).
 
     Returns:
         LightView.
     """
-    centre, radius = bounding_sphere(vertices)
+    centre, radius = bounding_sphere(vertices, backend)
     offset = light_position - centre
     distance = offset.norm(dim=-1, keepdim=True).clamp_min(1e-9)
     direction = offset / distance
@@ -270,7 +279,7 @@ def shadow_visibility(
         raise ValueError(f"light_position must have shape ({b}, 3), got {tuple(light_position.shape)}")
     if points.dim() != 2 or points.shape[-1] != 3:
         raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
-    view = light_view(vertices, light_position, size)
+    view = light_view(vertices, light_position, size, backend=backend)
     depth_map = shadow_map(vertices, faces, view, backend, **raster_options)
     if backend == "torch":
         coords, depth = view.project(points, batch_index)
