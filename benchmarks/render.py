@@ -4,9 +4,12 @@ Renders the once-subdivided anny hand, posed and placed ~0.5 m in front of a ``-
 (fx = 1.1 * size), with a 512 x 512 albedo and normal map and shadow-map visibility, then backpropagates
 a fixed random upstream gradient of the image (``image.backward(weights)``, the gradient of
 ``sum(image * weights)`` without making that product) to the vertices, albedo, normal map and light.
-The Warp backend and the pure-torch twins run in the same process, alternating so that machine load
-hits both alike; the median over ``--repeats`` runs after ``--warmup`` runs is reported (ms per batch,
-forward + backward).
+The Warp backend and the pure-torch twins run in the same process after ``--warmup`` runs of each;
+every torch run is bracketed by Warp runs, so that machine load hits both alike. Reported: the medians
+over ``--repeats`` Warp runs and ``--torch-repeats`` torch runs (ms per batch, forward + backward), their
+ratio ``speedup``, and ``speedup_paired``, the median over the torch runs of each one's ratio to the mean
+of the two Warp runs around it (``speedup_rounds``): the estimate that the machine's drift in speed
+between runs moves least.
 
     python benchmarks/render.py --size 448 --batch 8 --json
     python benchmarks/render.py --size 448 --batch 8 --profile     # where the Warp backend's time goes
@@ -187,15 +190,26 @@ def run(
         b: Renderer(s["camera"], hand.faces, hand.face_uvs, hand.uvs, backend=b, shadows=shadows).to(device)
         for b in BACKENDS
     }
-    counts = {"warp": repeats, "torch": torch_repeats}
+
+    def timed(backend: str) -> float:
+        return time_ms(lambda: step(renderers[backend], s), device)
+
+    for _ in range(warmup):
+        for backend in BACKENDS:
+            timed(backend)
+    # The machine's speed drifts by tens of percent within seconds, so every torch run is bracketed by
+    # Warp runs: each round's ratio compares runs made within about two seconds of each other.
     times = {b: [] for b in BACKENDS}
-    for i in range(warmup + max(counts.values())):
-        for backend in BACKENDS if i % 2 == 0 else BACKENDS[::-1]:
-            if i >= warmup + counts[backend]:
-                continue
-            ms = time_ms(lambda b=backend: step(renderers[b], s), device)
-            if i >= warmup:
-                times[backend].append(ms)
+    ratios = []
+    for k in range(torch_repeats):
+        before = timed("warp") if k == 0 else times["warp"][-1]
+        if k == 0:
+            times["warp"].append(before)
+        times["torch"].append(timed("torch"))
+        times["warp"].append(timed("warp"))
+        ratios.append(times["torch"][-1] / ((before + times["warp"][-1]) / 2))
+    while len(times["warp"]) < repeats:
+        times["warp"].append(timed("warp"))
     (img_w, grad_w), (img_t, grad_t) = (step(renderers[b], s) for b in BACKENDS)
     median = {b: statistics.median(times[b]) for b in BACKENDS}
     with torch.no_grad():
@@ -205,6 +219,8 @@ def run(
         "warp_ms": round(median["warp"], 2),
         "torch_ms": round(median["torch"], 2),
         "speedup": round(median["torch"] / median["warp"], 2),
+        "speedup_paired": round(statistics.median(ratios), 2),
+        "speedup_rounds": [round(r, 2) for r in ratios],
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -216,7 +232,7 @@ def run(
         "texture_size": TEXTURE_SIZE,
         "shadows": shadows,
         "covered_fraction": round(covered, 4),
-        "repeats": {"warp": repeats, "torch": torch_repeats},
+        "repeats": {b: len(times[b]) for b in BACKENDS},
         "warmup": warmup,
         "warp_runs_ms": [round(t, 1) for t in times["warp"]],
         "torch_runs_ms": [round(t, 1) for t in times["torch"]],
@@ -233,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="frames per call")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     # The machine's speed drifts by tens of percent over seconds; medians of more runs keep the ratio steady.
-    parser.add_argument("--repeats", type=int, default=11, help="timed Warp runs (median reported)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=11,
+        help="timed Warp runs (median reported; at least --torch-repeats + 1, which bracket the torch runs)",
+    )
     parser.add_argument("--torch-repeats", type=int, default=5, help="timed runs of the (slow) torch twins")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (kernel loading, caches)")
     parser.add_argument("--no-shadows", action="store_true", help="V = 1 (no shadow map)")
@@ -268,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  warp  {result['warp_ms']:10.1f} ms / batch (forward + backward)")
         print(f"  torch {result['torch_ms']:10.1f} ms / batch")
-        print(f"  speedup {result['speedup']:.1f}x; image max |diff| {result['image_max_abs_diff']:.2e}")
+        print(
+            f"  speedup {result['speedup']:.1f}x (paired {result['speedup_paired']:.1f}x); "
+            f"image max |diff| {result['image_max_abs_diff']:.2e}"
+        )
         for backend, stages in result.get("stages_ms", {}).items():
             print(f"  {backend} steps, [forward, backward] ms:")
             for name, ms in stages.items():
