@@ -199,12 +199,10 @@ def run(
             timed(backend)
     # The machine's speed drifts by tens of percent within seconds, so every torch run is bracketed by
     # Warp runs: each round's ratio compares runs made within about two seconds of each other.
-    times = {b: [] for b in BACKENDS}
+    times = {"warp": [timed("warp")], "torch": []}
     ratios = []
-    for k in range(torch_repeats):
-        before = timed("warp") if k == 0 else times["warp"][-1]
-        if k == 0:
-            times["warp"].append(before)
+    for _ in range(torch_repeats):
+        before = times["warp"][-1]
         times["torch"].append(timed("torch"))
         times["warp"].append(timed("warp"))
         ratios.append(times["torch"][-1] / ((before + times["warp"][-1]) / 2))

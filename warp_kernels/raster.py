@@ -185,7 +185,7 @@ def _entry_face(entry: int):
 
 @wp.func
 def _entry_kind(entry: int):
-    return entry - entry // _KINDS * _KINDS
+    return entry % _KINDS
 
 
 @wp.func

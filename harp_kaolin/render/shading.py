@@ -131,7 +131,7 @@ class LightView:
 def bounding_sphere(vertices: Tensor, backend: str = "torch") -> tuple[Tensor, Tensor]:
     """Centre (B, 3) of the bounding box and radius (B,) of the sphere around it, without gradient.
 
-    "warp" runs its Warp twin (``warp_kernels.shadow.bounding_sphere``: one kernel, the same bits); any
+    "warp" runs its Warp twin (``warp_kernels.project.bounding_sphere``: one kernel, the same bits); any
     other backend these torch operations.
     """
     if backend == "warp":
