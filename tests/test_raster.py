@@ -104,7 +104,8 @@ def test_backward_matches_twin(device, height, width, knum, boxlen):
 
 def test_order_independent_path_matches_sequential(monkeypatch):
     """The CUDA algorithm (two depth passes, full candidate lists sorted per pixel), run on CPU, gives
-    exactly what the CPU's in-order algorithm gives, gradients included."""
+    exactly what the CPU's in-order algorithm gives; the gradients up to float32 rounding (the CPU sums
+    the soft-mask terms face by face, the CUDA path pixel by pixel)."""
     fvz, fvi, feats, fnz = random_scene(batch=3, faces=60, seed=3)
     results = []
     for sequential in (True, False):
@@ -113,8 +114,11 @@ def test_order_independent_path_matches_sequential(monkeypatch):
         out, soft, idx = warp_dibr(31, 33, fvz, vi, feats, fnz, knum=3, boxlen=0.1)
         (out[0].sum() + soft.square().sum()).backward()
         results.append((out[0], soft, idx, vi.grad))
-    for a, b in zip(*results):
+    for a, b in zip(results[0][:3], results[1][:3]):
         assert torch.equal(a, b)
+    grad_seq, grad_lists = results[0][3], results[1][3]
+    assert grad_lists.abs().max() > 0
+    torch.testing.assert_close(grad_seq, grad_lists, rtol=0, atol=1e-6 * float(grad_lists.abs().max()))
 
 
 @pytest.mark.parametrize("fn", [warp_dibr, torch_dibr], ids=["warp", "torch"])
@@ -430,7 +434,8 @@ def test_depth_map_checks_its_inputs():
 
 def test_packed_order_independent_path_matches_sequential(monkeypatch):
     """The packed call lists its covered pixels in the dense pass on CPU and with nonzero() elsewhere:
-    the same rows, features and gradients."""
+    the same rows and features, and the same gradients up to float32 rounding (soft-mask terms summed
+    face by face on CPU, pixel by pixel elsewhere)."""
     fvz, fvi, feats, fnz = random_scene(batch=3, faces=60, seed=11)
     results = []
     for sequential in (True, False):
@@ -440,5 +445,43 @@ def test_packed_order_independent_path_matches_sequential(monkeypatch):
         (packed.square().sum() + soft.sum()).backward()
         results.append((packed, soft, idx, flat, vi.grad))
     assert results[0][3].shape[0] > 0
-    for a, b in zip(*results):
+    for a, b in zip(results[0][:4], results[1][:4]):
         assert torch.equal(a, b)
+    grad_seq, grad_lists = results[0][4], results[1][4]
+    assert grad_lists.abs().max() > 0
+    torch.testing.assert_close(grad_seq, grad_lists, rtol=0, atol=1e-6 * float(grad_lists.abs().max()))
+
+
+@pytest.mark.parametrize("shared", [1, 2], ids=["one-zero-factor", "two-zero-factors"])
+@pytest.mark.parametrize("sequential", [True, False], ids=["in-order", "order-independent"])
+def test_soft_mask_gradient_with_zero_factors(monkeypatch, shared, sequential):
+    """An uncovered pixel whose nearest face is so close that its probability rounds to 1 (a zero
+    factor 1 - p in the soft-mask product): the gradient is the exact leave-one-out product (the twin's
+    autograd through prod), nonzero for one zero factor and zero for two, never inf or NaN."""
+    monkeypatch.setattr(raster, "SEQUENTIAL_CPU", sequential)
+    # pixel (3, 4) of an 8 x 8 image has its centre at (0.125, 0.125); the corner at x + 1e-6 is
+    # 1e-3 away in multiplied units: exp(-7000 / 1000^2 * 1e-6) rounds to 1 in float32
+    corner = [0.125 + 1e-6, 0.125]
+    tris = [[corner, [0.5, 0.3], [0.45, -0.2]], [[0.05, 0.2], [0.1, 0.3], [0.0, 0.26]]]
+    if shared == 2:
+        tris.append([corner, [0.4, 0.45], [0.5, 0.35]])
+    fvi = torch.tensor([tris], dtype=torch.float32)
+    faces = fvi.shape[1]
+    fvz = torch.full((1, faces, 3), -1.0)
+    fnz = torch.ones(1, faces)
+    feats = torch.rand(1, faces, 3, 2, generator=torch.Generator().manual_seed(0))
+    up = torch.zeros(1, 8, 8)
+    up[0, 3, 4] = 1.0  # the gradient of that pixel alone
+    grads = []
+    for fn in (warp_dibr, torch_dibr):
+        vi = fvi.clone().requires_grad_()
+        _, soft, idx = fn(8, 8, fvz, vi, feats, fnz)
+        assert idx[0, 3, 4] < 0 and soft[0, 3, 4] == 1.0
+        (soft * up).sum().backward()
+        grads.append(vi.grad)
+    assert torch.isfinite(grads[0]).all()
+    if shared == 2:  # every leave-one-out product holds a zero factor
+        assert not grads[0].any() and not grads[1].any()
+    else:  # only the zero factor's own term: d soft / d corner x = prod(other factors) * s * 2 dx
+        assert grads[1][0, 0, 0, 0] != 0 and not grads[1][0, 1:].any()
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=0)

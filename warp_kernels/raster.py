@@ -41,8 +41,11 @@ Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand)
   pass keeps the first face with the largest z; on CUDA two passes (atomic max of z, then atomic min of
   the index among faces at that z) give the same answer whatever the thread order.
 - soft pass: faces draw their grown boxes into a difference array whose 2D prefix sum counts the
-  candidates of every pixel; per-pixel CSR lists of face indices are filled face by face. On CPU (index
-  order) a list keeps only its first ``knum`` faces; on CUDA it keeps all and is sorted before use.
+  candidates of every pixel. On CPU (index order) each face in turn visits the pixels of its box that
+  have fewer than ``knum`` faces yet, computes their probabilities and appends them to one stream in
+  face order, which the backward walks face by face (gradients summed in registers). On CUDA per-pixel
+  CSR lists of all candidates are filled in any order, sorted, and computed and differentiated pixel
+  by pixel.
 - forward and backward are Warp kernels inside one ``torch.autograd.Function``; the device comes from
   the input tensors. Warp's CPU kernels are single-threaded but release the GIL, so on CPU the batch is
   split over ``torch.get_num_threads()`` Python threads.
@@ -490,11 +493,15 @@ def _row_counts(
     links: int,
     row_free: wp.array(dtype=wp.int32),
     row_total: wp.array(dtype=wp.int64),
+    soft: wp.array(dtype=Any),
+    zeros: wp.array(dtype=Any),
 ):
-    """Per image row of the window: candidate count per uncovered pixel (at most ``cap``), the row's total
-    count, and in ``row_free`` (W + 1 per image row) either the running count of uncovered pixels from
+    """Per image row of the window: the row's total candidate count (at most ``cap`` per uncovered
+    pixel) and, in ``row_free`` (W + 1 per image row), either the running count of uncovered pixels from
     the window's left column or, with ``links``, a link per column: itself if uncovered, else the next
-    column (the sequential fill's "next open pixel" forest; the window's right column links to itself)."""
+    column (the sequential fill's "next open pixel" forest; the window's right column links to itself).
+    Without ``links`` ``count`` gets each pixel's candidate count; with ``links`` it is zeroed and the
+    uncovered pixels get ``soft`` = 1 and ``zeros`` = 0 (what ``_soft_stream`` multiplies and counts)."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
@@ -513,15 +520,21 @@ def _row_counts(
         p = row + j
         acc = acc + corners[src + j]
         c = wp.int32(0)
-        if fidx[p] < 0:
-            free = free + 1
+        open = fidx[p] < 0
+        if open:
             c = wp.min(acc, cap)
-        count[p] = c
         total = total + wp.int64(c)
         if links == 0:
+            count[p] = c
+            if open:
+                free = free + 1
             row_free[free_row + j + 1] = free
         else:
-            row_free[free_row + j] = wp.where(fidx[p] < 0, j, j + 1)
+            count[p] = 0
+            row_free[free_row + j] = wp.where(open, j, j + 1)
+            if open:
+                soft[p] = type(soft[p])(1.0)
+                zeros[p] = type(soft[p])(0.0)
     row_total[b * height + i] = total
 
 
@@ -543,55 +556,93 @@ def _row_starts(
     width: int,
     window: wp.array(dtype=wp.int32),
     start: wp.array(dtype=wp.int32),
-    fidx: wp.array(dtype=wp.int32),
-    soft: wp.array(dtype=Any),
 ):
-    """Per image row of the window: where each pixel's list starts; resets ``count`` for the fill; sets
-    ``soft`` (if not empty) to 1 on the uncovered pixels (the fill multiplies into it)."""
+    """Per image row of the window: where each pixel's list starts; resets ``count`` for the fill."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
     i = window[0] + t - b * rows
     acc = wp.int32(row_start[b * height + i])
     row = (b * height + i) * width
-    init = soft.shape[0] > 0
     for j in range(window[2], window[3]):
         p = row + j
         start[p] = acc
         acc = acc + count[p]
         count[p] = 0
-        if init and fidx[p] < 0:
-            soft[p] = type(soft[p])(1.0)
 
 
 @wp.kernel
 def _soft_fill(
-    vim: wp.array(dtype=Any),
-    faces: int,
     boxes: wp.array(dtype=wp.int32),
-    xs: wp.array(dtype=Any),
+    faces: int,
     height: int,
+    width: int,
     fidx: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
     start: wp.array(dtype=wp.int32),
     cap: int,
     count: wp.array(dtype=wp.int32),
     lists: wp.array(dtype=wp.int32),
+):
+    """Per face: append its index to the lists of the uncovered pixels of its grown box (any thread
+    order: ``_soft_forward`` sorts the lists). ``count`` ends as the number of faces that tried (kept:
+    ``min(count, cap)``); ``row_free`` holds the running uncovered counts of ``_row_counts``."""
+    t = wp.tid()
+    top = boxes[t * 4]
+    bottom = boxes[t * 4 + 1]
+    left = boxes[t * 4 + 2]
+    right = boxes[t * 4 + 3]
+    b = t // faces
+    for i in range(top, bottom):
+        row = (b * height + i) * width
+        free_row = (b * height + i) * (width + 1)
+        todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
+        j = left
+        while todo > 0:
+            p = row + j
+            if fidx[p] < 0:
+                todo = todo - 1
+                slot = wp.atomic_add(count, p, 1)
+                if slot < cap:
+                    lists[start[p] + slot] = t - b * faces
+            j = j + 1
+
+
+@wp.func
+def _cell(i: int, j: int, kind: int):
+    """A soft-mask stream entry: the pixel's row and column and the distance kind (0-5, ``_soft_dist2``)
+    in one int32 (rows < 2**13, columns < 2**15)."""
+    return ((i << 15) | j) << 3 | kind
+
+
+@wp.kernel
+def _soft_stream(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    boxes: wp.array(dtype=wp.int32),
+    xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
+    fidx: wp.array(dtype=wp.int32),
+    row_free: wp.array(dtype=wp.int32),
+    cap: int,
+    count: wp.array(dtype=wp.int32),
     sigmainv: Any,
     multiplier: Any,
+    face_end: wp.array(dtype=wp.int32),
+    cells: wp.array(dtype=wp.int32),
     probs: wp.array(dtype=Any),
     soft: wp.array(dtype=Any),
+    zeros: wp.array(dtype=Any),
 ):
-    """Per face: append its index to the lists of the uncovered pixels of its grown box.
+    """The soft forward face by face, for a sequential launch (CPU): threads run in face index order, so
+    each uncovered pixel gets the first ``cap`` (= knum) faces whose grown box holds it, as in Kaolin.
 
-    Keeps at most ``cap`` faces per pixel: the lowest indices when the launch is sequential (CPU).
-    ``count`` ends as the number of faces that tried (kept: ``min(count, cap)``). With ``probs`` not
-    empty (sequential launches only, where ``cap`` is knum and faces come in index order) it also
-    computes each kept face's probability and distance kind, lists the face as ``_entry(face, kind)``,
-    and multiplies ``1 - prob`` into ``soft`` (which holds 1 on uncovered window pixels): the soft
-    forward, face by face, in list order. It then walks ``row_free`` as a link forest (see
-    ``_row_counts``) and skips covered and full pixels, so ``count`` ends as the number kept.
+    Face t visits the open pixels of its box (uncovered, fewer than ``cap`` faces yet) through each row's
+    link forest (``_row_counts``; a pixel that reaches ``cap`` links past itself), computes the
+    probability, and appends ``_cell(i, j, kind)`` and the probability to the stream: its entries are
+    ``[face_end[t - 1], face_end[t])`` (from 0 for t = 0). Each pixel's factor ``1 - prob`` is multiplied
+    into ``soft`` (1 at the start) in face order, as the twin multiplies them, except exact zeros,
+    which are counted in ``zeros`` instead (``_soft_finish`` puts them back).
     """
     t = wp.tid()
     top = boxes[t * 4]
@@ -599,9 +650,8 @@ def _soft_fill(
     left = boxes[t * 4 + 2]
     right = boxes[t * 4 + 3]
     b = t // faces
-    f = t - b * faces
     width = xs.shape[0]
-    compute = probs.shape[0] > 0
+    height = ys.shape[0]
     v = t * 6
     ax = vim[v]
     ay = vim[v + 1]
@@ -610,38 +660,34 @@ def _soft_fill(
     cx = vim[v + 4]
     cy = vim[v + 5]
     one = type(sigmainv)(1.0)
+    zero = type(sigmainv)(0.0)
     scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
+    a = wp.int32(0)
+    if t > 0:
+        a = face_end[t - 1]
     for i in range(top, bottom):
         row = (b * height + i) * width
         free_row = (b * height + i) * (width + 1)
-        if compute:
-            # Sequential: visit only the open pixels (uncovered, fewer than cap faces) through the row's
-            # link forest; a pixel that reaches cap links past itself.
-            j = _next_open(row_free, free_row, left)
-            while j < right:
-                p = row + j
-                slot = count[p]
-                count[p] = slot + 1
-                a = start[p] + slot
-                d2, kind = _soft_dist2(xs[j], ys[i], ax, ay, bx, by, cx, cy)
-                lists[a] = _entry(f, kind)
-                prob = wp.exp(-(scale * d2))
-                probs[a] = prob
-                soft[p] = soft[p] * (one - prob)
-                if slot + 1 >= cap:
-                    row_free[free_row + j] = j + 1
-                j = _next_open(row_free, free_row, j + 1)
-        else:
-            todo = row_free[free_row + right] - row_free[free_row + left]  # uncovered pixels to visit
-            j = left
-            while todo > 0:
-                p = row + j
-                if fidx[p] < 0:
-                    todo = todo - 1
-                    slot = wp.atomic_add(count, p, 1)
-                    if slot < cap:
-                        lists[start[p] + slot] = f
-                j = j + 1
+        y0 = ys[i]
+        j = _next_open(row_free, free_row, left)
+        while j < right:
+            p = row + j
+            slot = count[p] + 1
+            count[p] = slot
+            d2, kind = _soft_dist2(xs[j], y0, ax, ay, bx, by, cx, cy)
+            cells[a] = _cell(i, j, kind)
+            prob = wp.exp(-(scale * d2))
+            probs[a] = prob
+            a = a + 1
+            q = one - prob
+            if q == zero:
+                zeros[p] = zeros[p] + one
+            else:
+                soft[p] = soft[p] * q
+            if slot >= cap:
+                row_free[free_row + j] = j + 1
+            j = _next_open(row_free, free_row, j + 1)
+    face_end[t] = a
 
 
 @wp.kernel
@@ -651,14 +697,25 @@ def _soft_finish(
     width: int,
     window: wp.array(dtype=wp.int32),
     soft: wp.array(dtype=Any),
-    product: wp.array(dtype=Any),
+    zeros: wp.array(dtype=Any),
 ):
-    """Per uncovered window pixel: soft = 1 - (the product of 1 - prob that ``_soft_fill`` left there),
-    the product kept in ``product`` for the backward."""
+    """Per uncovered window pixel after ``_soft_stream``: soft = 1 - (the product of all factors 1 - prob),
+    and in ``zeros`` what the backward needs of it: the product of the nonzero factors P when no factor
+    is 0, -P when one is, 0 when more are (then no factor has a gradient)."""
     p, i, j = _window_pixel(wp.tid(), window, height, width)
     if fidx[p] < 0:
-        product[p] = soft[p]
-        soft[p] = type(soft[p])(1.0) - soft[p]
+        one = type(soft[p])(1.0)
+        nonzero = soft[p]
+        z = zeros[p]
+        product = type(soft[p])(0.0)
+        kept = type(soft[p])(0.0)
+        if z == type(z)(0.0):
+            product = nonzero
+            kept = nonzero
+        elif z == one:
+            kept = -nonzero
+        zeros[p] = kept
+        soft[p] = one - product
 
 
 @wp.kernel
@@ -686,7 +743,7 @@ def _soft_forward(
         return
     first = start[p]
     end = first + n
-    # insertion sort: already in index order on CPU (sequential launch), short lists on GPU
+    # insertion sort: short lists (already in index order when the fill ran in order)
     for a in range(first + 1, end):
         key = lists[a]
         c = a - 1
@@ -727,12 +784,11 @@ def _soft_backward(
     sigmainv: Any,
     multiplier: Any,
     knum: int,
-    product: wp.array(dtype=Any),
     grad_soft: wp.array(dtype=Any),
     grad_vi: wp.array(dtype=Any),
 ):
     """Per window pixel with candidates: d soft / d face_vertices_image through each kept candidate's
-    distance (``product``: the forward's products of 1 - prob, or empty)."""
+    distance (the lists of ``_soft_forward``)."""
     p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
     first = start[p]
     keep = wp.min(wp.min(count[p], cap), knum)
@@ -744,19 +800,15 @@ def _soft_backward(
         return
     one = type(sigmainv)(1.0)
     two = type(sigmainv)(2.0)
-    # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0. The forward's
-    # product (if kept) is the same product in the same order; a zero there means a zero factor.
+    # d soft / d prob_k = prod_{l != k} (1 - prob_l), exact also when one factor is 0
     nonzero_prod = one
     zeros = wp.int32(0)
-    if product.shape[0] > 0 and product[p] != zero:
-        nonzero_prod = product[p]
-    else:
-        for a in range(first, first + keep):
-            q = one - probs[a]
-            if q == zero:
-                zeros = zeros + 1
-            else:
-                nonzero_prod = nonzero_prod * q
+    for a in range(first, first + keep):
+        q = one - probs[a]
+        if q == zero:
+            zeros = zeros + 1
+        else:
+            nonzero_prod = nonzero_prod * q
     if zeros > 1:
         return
     b = p // (ys.shape[0] * xs.shape[0])
@@ -800,6 +852,123 @@ def _soft_backward(
             wp.atomic_add(grad_vi, k1 + 1, coef * (x2 * ddc - dda))
             wp.atomic_add(grad_vi, k2, coef * (y1 * ddc - ddb))
             wp.atomic_add(grad_vi, k2 + 1, coef * (dda - x1 * ddc))
+
+
+@wp.func
+def _pick(r: int, a: Any, b: Any, c: Any):
+    """a, b or c for r = 0, 1, 2, without a branch."""
+    return wp.where(r == 0, a, wp.where(r == 1, b, c))
+
+
+@wp.kernel
+def _soft_stream_backward(
+    vim: wp.array(dtype=Any),
+    faces: int,
+    face_end: wp.array(dtype=wp.int32),
+    cells: wp.array(dtype=wp.int32),
+    probs: wp.array(dtype=Any),
+    xs: wp.array(dtype=Any),
+    ys: wp.array(dtype=Any),
+    sigmainv: Any,
+    multiplier: Any,
+    products: wp.array(dtype=Any),
+    grad_soft: wp.array(dtype=Any),
+    grad_vi: wp.array(dtype=Any),
+):
+    """Per face: d soft / d face_vertices_image through the face's stream entries (``_soft_stream``),
+    summed in registers and added to the face's six coordinates once. ``products`` is what
+    ``_soft_finish`` left in ``zeros``: d soft / d prob = P / (1 - prob) when P > 0; -P for the zero
+    factor and 0 for the others when P < 0; 0 when P = 0.
+
+    One branch on the distance kind (vertex or edge: cheaper than computing both); within each, the
+    corners are picked without branches."""
+    t = wp.tid()
+    first = wp.int32(0)
+    if t > 0:
+        first = face_end[t - 1]
+    last = face_end[t]
+    if first == last:
+        return
+    width = xs.shape[0]
+    base = t // faces * ys.shape[0] * width
+    v = t * 6
+    ax = vim[v]
+    ay = vim[v + 1]
+    bx = vim[v + 2]
+    by = vim[v + 3]
+    cx = vim[v + 4]
+    cy = vim[v + 5]
+    zero = type(sigmainv)(0.0)
+    one = type(sigmainv)(1.0)
+    two = type(sigmainv)(2.0)
+    gax = zero
+    gay = zero
+    gbx = zero
+    gby = zero
+    gcx = zero
+    gcy = zero
+    for a in range(first, last):
+        cell = cells[a]
+        kind = cell & 7
+        j = (cell >> 3) & 32767
+        i = cell >> 18
+        p = base + i * width + j
+        product = products[p]
+        prob = probs[a]
+        q = one - prob
+        loo = zero
+        if product > zero:
+            loo = product / q
+        elif q == zero:
+            loo = -product
+        scale = -grad_soft[p] * sigmainv / multiplier  # NDC gradient = multiplier * multiplied units
+        coef = scale * loo * prob
+        if coef == zero:
+            continue
+        x0 = xs[j]
+        y0 = ys[i]
+        if kind >= 3:
+            r = kind - 3
+            x1 = _pick(r, ax, bx, cx)
+            y1 = _pick(r, ay, by, cy)
+            hx = coef * two * (x1 - x0)
+            hy = coef * two * (y1 - y0)
+            gax += wp.where(r == 0, hx, zero)
+            gay += wp.where(r == 0, hy, zero)
+            gbx += wp.where(r == 1, hx, zero)
+            gby += wp.where(r == 1, hy, zero)
+            gcx += wp.where(r == 2, hx, zero)
+            gcy += wp.where(r == 2, hy, zero)
+        else:
+            r = kind
+            x1 = _pick(r, ax, bx, cx)
+            y1 = _pick(r, ay, by, cy)
+            x2 = _pick(r, bx, cx, ax)
+            y2 = _pick(r, by, cy, ay)
+            ea = y2 - y1
+            eb = x1 - x2
+            up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
+            inv = one / (ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS))
+            d2 = up * up * inv
+            dda = two * (x0 * up - d2 * ea) * inv
+            ddb = two * (y0 * up - d2 * eb) * inv
+            ddc = two * up * inv
+            h1x = coef * (ddb - y2 * ddc)
+            h1y = coef * (x2 * ddc - dda)
+            h2x = coef * (y1 * ddc - ddb)
+            h2y = coef * (dda - x1 * ddc)
+            gax += _pick(r, h1x, zero, h2x)
+            gay += _pick(r, h1y, zero, h2y)
+            gbx += _pick(r, h2x, h1x, zero)
+            gby += _pick(r, h2y, h1y, zero)
+            gcx += _pick(r, zero, h2x, h1x)
+            gcy += _pick(r, zero, h2y, h1y)
+    grad_vi[v] = grad_vi[v] + gax
+    grad_vi[v + 1] = grad_vi[v + 1] + gay
+    grad_vi[v + 2] = grad_vi[v + 2] + gbx
+    grad_vi[v + 3] = grad_vi[v + 3] + gby
+    grad_vi[v + 4] = grad_vi[v + 4] + gcx
+    grad_vi[v + 5] = grad_vi[v + 5] + gcy
 
 
 @wp.kernel
@@ -1002,25 +1171,41 @@ class _SoftLists(NamedTuple):
     start: torch.Tensor  # (B*H*W,) int32 where each window pixel's list starts
     count: torch.Tensor  # (B*H*W,) int32 faces that tried each window pixel (kept: min(count, cap))
     cap: int  # most faces kept per list
-    lists: torch.Tensor  # face indices
+    lists: torch.Tensor  # _entry values (face, distance kind)
+    probs: torch.Tensor  # the entries' probabilities
+
+
+class _SoftStream(NamedTuple):
+    """The soft mask's entries in face order (``_soft_stream``)."""
+
+    face_end: torch.Tensor  # (B*F,) int32 end of each face's entries
+    cells: torch.Tensor  # _cell values (row, column, distance kind)
+    probs: torch.Tensor  # the entries' probabilities
+    products: torch.Tensor  # (B*H*W,) per uncovered window pixel, for the gradient (_soft_finish)
+
+
+def _streams(height: int, width: int) -> bool:
+    """Whether the CPU soft mask runs face by face (``_soft_stream``): sequential CPU launches, and
+    images small enough for ``_cell``; otherwise the per-pixel lists of the CUDA path."""
+    return SEQUENTIAL_CPU and height <= 2**13 and width <= 2**15
 
 
 def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
-    (the candidate lists of ``_entry`` values, their probabilities, and on CPU each pixel's product of
-    1 - prob), None when no face has a box.
+    (``_SoftStream`` or ``_SoftLists``), None when no face has a box.
 
-    Per uncovered pixel, the faces whose grown box holds it are listed; only the window, the union of
-    all grown boxes of the slice's faces, is visited. On CPU (sequential launch) each list holds only
-    the ``knum`` lowest face indices, in order, and the fill computes the probabilities face by face (the
-    face's corners stay in registers); on CUDA a list holds all the faces, in any order, and
-    ``_soft_forward`` sorts it and computes them pixel by pixel. Both multiply in list order: the same
-    soft mask, bit for bit.
+    Per uncovered pixel, the faces whose grown box holds it are the candidates; only the window, the
+    union of all grown boxes of the slice's faces, is visited. On CPU (sequential launch) faces run in
+    index order, each pixel keeps the first ``knum``, and ``_soft_stream`` computes the probabilities
+    face by face (the face's corners stay in registers), into a stream in face order (the backward then
+    also runs face by face). On CUDA each pixel lists all its faces, in any order, and
+    ``_soft_forward`` sorts the list and computes them pixel by pixel. Both multiply in face order: the
+    same soft mask, bit for bit.
     """
     batch, faces = vim.shape[:2]
     height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
-    sequential = device.type == "cpu" and SEQUENTIAL_CPU
-    cap = c.knum if sequential else 2**31 - 1
+    stream = device.type == "cpu" and _streams(height, width)
+    cap = c.knum if stream else 2**31 - 1
     margin = parallel.scalar(dtype, c.margin)
     grid = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
     # faces per pixel: grown boxes drawn into a difference array, then summed down and across
@@ -1038,30 +1223,33 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     count = torch.empty_like(fidx)
     row_free = torch.empty(batch * height * (width + 1), dtype=torch.int32, device=device)
     row_total = torch.zeros(batch * height, dtype=torch.int64, device=device)
-    out = [_wp(count), int(sequential), _wp(row_free), _wp(row_total)]
-    launch(_row_counts, batch * rows, [_wp(corners), _wp(fidx), height, width, cap, w_window, *out])
-    row_start = row_total.cumsum(0) - row_total
-    total = int(row_start[-1] + row_total[-1])
+    products = torch.empty(fidx.numel() if stream else 0, dtype=dtype, device=device)
+    w_soft, w_fidx, w_products = _wp(soft), _wp(fidx), _wp(products)
+    out = [_wp(count), int(stream), _wp(row_free), _wp(row_total), w_soft, w_products]
+    launch(_row_counts, batch * rows, [_wp(corners), w_fidx, height, width, cap, w_window, *out])
+    total = int(row_total.sum()) if stream else None
+    if not stream:
+        row_start = row_total.cumsum(0) - row_total
+        total = int(row_start[-1] + row_total[-1])
     if total >= 2**31:
         raise RuntimeError(f"too many soft-mask candidates ({total}); lower boxlen or the resolution")
+    entries = torch.empty(max(total, 1), dtype=torch.int32, device=device)
+    probs = torch.empty(entries.shape, dtype=dtype, device=device)
+    if stream:
+        face_end = torch.empty(batch * faces, dtype=torch.int32, device=device)
+        args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), w_fidx, _wp(row_free), cap]
+        args += [_wp(count), c.sigmainv, c.multiplier, _wp(face_end), _wp(entries), _wp(probs)]
+        launch(_soft_stream, batch * faces, [*args, w_soft, w_products])
+        launch(_soft_finish, batch * rows * columns, [w_fidx, height, width, w_window, w_soft, w_products])
+        return _SoftStream(face_end, entries, probs, products)
     start = torch.empty_like(fidx)
-    w_soft, w_fidx, nothing = _wp(soft), _wp(fidx), _wp(soft[:0])
-    args = [_wp(count), _wp(row_start), height, width, w_window, _wp(start), w_fidx]
-    launch(_row_starts, batch * rows, [*args, w_soft if sequential else nothing])
-    lists = torch.empty(max(total, 1), dtype=torch.int32, device=device)
-    probs = torch.empty(lists.shape, dtype=dtype, device=device)
-    cand = _SoftLists(window, batch * rows * columns, start, count, cap, lists)
-    slots = [_wp(start), cap, _wp(count), _wp(lists), _wp(c.ys), c.sigmainv, c.multiplier]
-    computed = [_wp(probs), w_soft] if sequential else [nothing, nothing]
-    fill = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), height, w_fidx, _wp(row_free)]
-    launch(_soft_fill, batch * faces, [*fill, *slots, *computed])
-    product = torch.empty(fidx.numel() if sequential else 0, dtype=dtype, device=device)
-    if sequential:
-        launch(_soft_finish, cand.pixels, [w_fidx, height, width, w_window, w_soft, _wp(product)])
-    else:
-        args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
-        launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), w_soft])
-    return cand, probs, product
+    launch(_row_starts, batch * rows, [_wp(count), _wp(row_start), height, width, w_window, _wp(start)])
+    args = [_wp(boxes), faces, height, width, w_fidx, _wp(row_free), _wp(start), cap, _wp(count)]
+    launch(_soft_fill, batch * faces, [*args, _wp(entries)])
+    cand = _SoftLists(window, batch * rows * columns, start, count, cap, entries, probs)
+    args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
+    launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), w_soft])
+    return cand
 
 
 def _list_args(cand: _SoftLists) -> list:
@@ -1149,11 +1337,18 @@ def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _
     w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys), _wp(grad_vi.view(-1))
     if grad_out is not None:
         _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c)
-    if grad_soft is not None and soft_saved is not None:
-        cand, probs, product = soft_saved
-        args = [w_vim, faces, *_list_args(cand), _wp(probs), w_xs, w_ys, c.sigmainv]
-        args += [c.multiplier, c.knum, _wp(product), _wp(grad_soft.view(-1)), w_grad_vi]
-        launch(_soft_backward, cand.pixels, args)
+    if grad_soft is None or soft_saved is None:
+        return
+    w_grad_soft = _wp(grad_soft.view(-1))
+    if isinstance(soft_saved, _SoftStream):
+        s = soft_saved
+        args = [w_vim, faces, _wp(s.face_end), _wp(s.cells), _wp(s.probs), w_xs, w_ys, c.sigmainv]
+        args += [c.multiplier, _wp(s.products), w_grad_soft, w_grad_vi]
+        launch(_soft_stream_backward, s.face_end.shape[0], args)
+    else:
+        cand = soft_saved
+        args = [w_vim, faces, *_list_args(cand), _wp(cand.probs), w_xs, w_ys, c.sigmainv, c.multiplier]
+        launch(_soft_backward, cand.pixels, [*args, c.knum, w_grad_soft, w_grad_vi])
 
 
 def _run_parts(device: torch.device, items: list, job) -> list:
