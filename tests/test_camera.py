@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import warp_kernels.project as warp_project
 from harp_kaolin.geometry import gather_corners
 from harp_kaolin.render import Camera, face_inputs, project_mesh, project_to_ndc, rasterize
 from tests.conftest import DEVICES
@@ -175,9 +176,13 @@ def face_inputs_and_grad(verts, faces, backend, upstream):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_warp_face_inputs_match_torch(device, dtype):
+@pytest.mark.parametrize("chunk", [None, 7], ids=["default-chunk", "chunk-7"])
+def test_warp_face_inputs_match_torch(monkeypatch, device, dtype, chunk):
     """The Warp kernel computes the torch function's projection with the same float operations in the
-    same order: identical bits; the facing cosine to rounding (sqrt), with the same sign."""
+    same order: identical bits; the facing cosine to rounding (sqrt), with the same sign. Also with
+    several CPU threads' worth of faces per item (a chunk of 7 faces per thread, 60 faces)."""
+    if chunk is not None:
+        monkeypatch.setattr(warp_project, "FACE_CHUNK", chunk)
     verts, faces = (t.to(device) for t in random_meshes(dtype=dtype))
     g = torch.Generator().manual_seed(1)
     upstream = [

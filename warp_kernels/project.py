@@ -32,6 +32,7 @@ from warp_kernels import parallel
 wp.set_module_options({"enable_backward": False, "fuse_fp": False})
 
 TINY = 1e-20  # as harp_kaolin.render.camera._TINY: the cosine of a degenerate face is 0
+FACE_CHUNK = 64  # faces per CPU kernel thread (a 2D launch divides per thread to find its indices)
 
 
 @wp.kernel
@@ -47,38 +48,41 @@ def _project_faces(
     fvz: wp.array3d(dtype=Any),
     fvi: wp.array4d(dtype=Any),
     fnz: wp.array2d(dtype=Any),
+    chunk: int,
 ):
-    b, f = wp.tid()
-    i0 = faces[f, 0]
-    i1 = faces[f, 1]
-    i2 = faces[f, 2]
-    two = type(fx)(2.0)
-    one = type(fx)(1.0)
-    for k in range(3):
-        v = faces[f, k]
-        z = points[b, v, 2]
-        u = fx * points[b, v, 0] / z + cx
-        w = fy * points[b, v, 1] / z + cy
-        fvz[b, f, k] = -z
-        fvi[b, f, k, 0] = two * u / width - one
-        fvi[b, f, k, 1] = one - two * w / height
-    # facing cosine, operation for operation as camera.face_inputs
-    p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
-    p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
-    p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
-    e1 = p1 - p0
-    e2 = p2 - p0
-    three = type(fx)(3.0)
-    nx = e1[1] * e2[2] - e1[2] * e2[1]
-    ny = e1[2] * e2[0] - e1[0] * e2[2]
-    nz = e1[0] * e2[1] - e1[1] * e2[0]
-    tx = -(p0[0] + p1[0] + p2[0]) / three
-    ty = -(p0[1] + p1[1] + p2[1]) / three
-    tz = -(p0[2] + p1[2] + p2[2]) / three
-    dot = nx * tx + ny * ty + nz * tz
-    n2 = nx * nx + ny * ny + nz * nz
-    t2 = tx * tx + ty * ty + tz * tz
-    fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(fx)(TINY))
+    """Rasterizer inputs of ``chunk`` faces per thread (a thread per face costs more on CPU)."""
+    b, q = wp.tid()
+    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        two = type(fx)(2.0)
+        one = type(fx)(1.0)
+        for k in range(3):
+            v = faces[f, k]
+            z = points[b, v, 2]
+            u = fx * points[b, v, 0] / z + cx
+            w = fy * points[b, v, 1] / z + cy
+            fvz[b, f, k] = -z
+            fvi[b, f, k, 0] = two * u / width - one
+            fvi[b, f, k, 1] = one - two * w / height
+        # facing cosine, operation for operation as camera.face_inputs
+        p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
+        p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
+        p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
+        e1 = p1 - p0
+        e2 = p2 - p0
+        three = type(fx)(3.0)
+        nx = e1[1] * e2[2] - e1[2] * e2[1]
+        ny = e1[2] * e2[0] - e1[0] * e2[2]
+        nz = e1[0] * e2[1] - e1[1] * e2[0]
+        tx = -(p0[0] + p1[0] + p2[0]) / three
+        ty = -(p0[1] + p1[1] + p2[1]) / three
+        tz = -(p0[2] + p1[2] + p2[2]) / three
+        dot = nx * tx + ny * ty + nz * tz
+        n2 = nx * nx + ny * ny + nz * nz
+        t2 = tx * tx + ty * ty + tz * tz
+        fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(fx)(TINY))
 
 
 @wp.kernel
@@ -92,25 +96,27 @@ def _project_faces_backward(
     adj_fvz: wp.array3d(dtype=Any),
     adj_fvi: wp.array4d(dtype=Any),
     adj_points: wp.array3d(dtype=Any),
+    chunk: int,
 ):
     """adj_points[b, v] += d(fvz, fvi)/d(points) of every face corner at v; adj_fvz may be empty."""
-    b, f = wp.tid()
-    two = type(fx)(2.0)
-    sx = two * fx / width  # d ndc_x / d (x / z)
-    sy = two * fy / height  # -d ndc_y / d (y / z)
-    for k in range(3):
-        v = faces[f, k]
-        x = points[b, v, 0]
-        y = points[b, v, 1]
-        z = points[b, v, 2]
-        gx = adj_fvi[b, f, k, 0] * sx / z
-        gy = adj_fvi[b, f, k, 1] * sy / z
-        gz = gy * y / z - gx * x / z
-        if adj_fvz.shape[0] > 0:
-            gz = gz - adj_fvz[b, f, k]
-        wp.atomic_add(adj_points, b, v, 0, gx)
-        wp.atomic_add(adj_points, b, v, 1, -gy)
-        wp.atomic_add(adj_points, b, v, 2, gz)
+    b, q = wp.tid()
+    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
+        two = type(fx)(2.0)
+        sx = two * fx / width  # d ndc_x / d (x / z)
+        sy = two * fy / height  # -d ndc_y / d (y / z)
+        for k in range(3):
+            v = faces[f, k]
+            x = points[b, v, 0]
+            y = points[b, v, 1]
+            z = points[b, v, 2]
+            gx = adj_fvi[b, f, k, 0] * sx / z
+            gy = adj_fvi[b, f, k, 1] * sy / z
+            gz = gy * y / z - gx * x / z
+            if adj_fvz.shape[0] > 0:
+                gz = gz - adj_fvz[b, f, k]
+            wp.atomic_add(adj_points, b, v, 0, gx)
+            wp.atomic_add(adj_points, b, v, 1, -gy)
+            wp.atomic_add(adj_points, b, v, 2, gz)
 
 
 @wp.kernel
@@ -152,20 +158,38 @@ def bounding_sphere(points: Tensor) -> tuple[Tensor, Tensor]:
     return centre, far.sqrt()
 
 
+RIGID_CHUNK = 256  # points per CPU kernel thread of the rigid transform (a thread per point costs more)
+
+
 @wp.kernel
 def _rigid_transform(
     points: wp.array3d(dtype=Any),
     eye: wp.array2d(dtype=Any),
     matrix: wp.array3d(dtype=Any),
+    chunk: int,
     out: wp.array3d(dtype=Any),
 ):
-    """out[b, v] = matrix[b] (points[b, v] - eye[b])."""
-    b, v = wp.tid()
-    d0 = points[b, v, 0] - eye[b, 0]
-    d1 = points[b, v, 1] - eye[b, 1]
-    d2 = points[b, v, 2] - eye[b, 2]
-    for r in range(3):
-        out[b, v, r] = d0 * matrix[b, r, 0] + d1 * matrix[b, r, 1] + d2 * matrix[b, r, 2]
+    """out[b, v] = matrix[b] (points[b, v] - eye[b]) for ``chunk`` points per thread."""
+    b, q = wp.tid()
+    e0 = eye[b, 0]
+    e1 = eye[b, 1]
+    e2 = eye[b, 2]
+    m00 = matrix[b, 0, 0]
+    m01 = matrix[b, 0, 1]
+    m02 = matrix[b, 0, 2]
+    m10 = matrix[b, 1, 0]
+    m11 = matrix[b, 1, 1]
+    m12 = matrix[b, 1, 2]
+    m20 = matrix[b, 2, 0]
+    m21 = matrix[b, 2, 1]
+    m22 = matrix[b, 2, 2]
+    for v in range(q * chunk, wp.min(q * chunk + chunk, points.shape[1])):
+        d0 = points[b, v, 0] - e0
+        d1 = points[b, v, 1] - e1
+        d2 = points[b, v, 2] - e2
+        out[b, v, 0] = d0 * m00 + d1 * m01 + d2 * m02
+        out[b, v, 1] = d0 * m10 + d1 * m11 + d2 * m12
+        out[b, v, 2] = d0 * m20 + d1 * m21 + d2 * m22
 
 
 @wp.kernel
@@ -181,25 +205,68 @@ def _rigid_transform_backward(
     """One thread per item: adj_points = matrix^T adj_out per point; adj_matrix = sum adj_out d^T and
     adj_eye = -sum adj_points over the item's points (summed in registers)."""
     b = wp.tid()
-    m = wp.matrix(dtype=adj_out.dtype, shape=(3, 3))
-    for r in range(3):
-        for c in range(3):
-            m[r, c] = matrix[b, r, c]
-    e = wp.vector(eye[b, 0], eye[b, 1], eye[b, 2])
-    g_m = wp.matrix(dtype=adj_out.dtype, shape=(3, 3))
-    g_e = wp.vector(dtype=adj_out.dtype, length=3)
+    e0 = eye[b, 0]
+    e1 = eye[b, 1]
+    e2 = eye[b, 2]
+    m00 = matrix[b, 0, 0]
+    m01 = matrix[b, 0, 1]
+    m02 = matrix[b, 0, 2]
+    m10 = matrix[b, 1, 0]
+    m11 = matrix[b, 1, 1]
+    m12 = matrix[b, 1, 2]
+    m20 = matrix[b, 2, 0]
+    m21 = matrix[b, 2, 1]
+    m22 = matrix[b, 2, 2]
+    zero = type(e0)(0.0)
+    s00 = zero
+    s01 = zero
+    s02 = zero
+    s10 = zero
+    s11 = zero
+    s12 = zero
+    s20 = zero
+    s21 = zero
+    s22 = zero
+    t0 = zero
+    t1 = zero
+    t2 = zero
     for v in range(points.shape[1]):
-        d = wp.vector(points[b, v, 0], points[b, v, 1], points[b, v, 2]) - e
-        g = wp.vector(adj_out[b, v, 0], adj_out[b, v, 1], adj_out[b, v, 2])
-        g_d = wp.transpose(m) * g
-        for c in range(3):
-            adj_points[b, v, c] = g_d[c]
-        g_m = g_m + wp.outer(g, d)
-        g_e = g_e - g_d
-    for r in range(3):
-        adj_eye[b, r] = g_e[r]
-        for c in range(3):
-            adj_matrix[b, r, c] = g_m[r, c]
+        d0 = points[b, v, 0] - e0
+        d1 = points[b, v, 1] - e1
+        d2 = points[b, v, 2] - e2
+        g0 = adj_out[b, v, 0]
+        g1 = adj_out[b, v, 1]
+        g2 = adj_out[b, v, 2]
+        p0 = m00 * g0 + m10 * g1 + m20 * g2
+        p1 = m01 * g0 + m11 * g1 + m21 * g2
+        p2 = m02 * g0 + m12 * g1 + m22 * g2
+        adj_points[b, v, 0] = p0
+        adj_points[b, v, 1] = p1
+        adj_points[b, v, 2] = p2
+        s00 += g0 * d0
+        s01 += g0 * d1
+        s02 += g0 * d2
+        s10 += g1 * d0
+        s11 += g1 * d1
+        s12 += g1 * d2
+        s20 += g2 * d0
+        s21 += g2 * d1
+        s22 += g2 * d2
+        t0 -= p0
+        t1 -= p1
+        t2 -= p2
+    adj_matrix[b, 0, 0] = s00
+    adj_matrix[b, 0, 1] = s01
+    adj_matrix[b, 0, 2] = s02
+    adj_matrix[b, 1, 0] = s10
+    adj_matrix[b, 1, 1] = s11
+    adj_matrix[b, 1, 2] = s12
+    adj_matrix[b, 2, 0] = s20
+    adj_matrix[b, 2, 1] = s21
+    adj_matrix[b, 2, 2] = s22
+    adj_eye[b, 0] = t0
+    adj_eye[b, 1] = t1
+    adj_eye[b, 2] = t2
 
 
 parallel.declare_float_overloads(globals())
@@ -216,10 +283,12 @@ class _ProjectFaces(torch.autograd.Function):
         fvz = points.new_empty(batch, count, 3)
         fvi = points.new_empty(batch, count, 3, 2)
         fnz = points.new_empty(batch, count)
+        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
+        threads = -(-count // chunk)
 
         def job(sl):
-            inputs = [points[sl], faces, fx, fy, cx, cy, width, height, fvz[sl], fvi[sl], fnz[sl]]
-            parallel.launch_tensors(_project_faces, (sl.stop - sl.start, count), inputs, points.device)
+            inputs = [points[sl], faces, fx, fy, cx, cy, width, height, fvz[sl], fvi[sl], fnz[sl], chunk]
+            parallel.launch_tensors(_project_faces, (sl.stop - sl.start, threads), inputs, points.device)
 
         if batch and count:
             parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
@@ -239,12 +308,14 @@ class _ProjectFaces(torch.autograd.Function):
             adj_fvi = points.new_zeros(batch, count, 3, 2)
         adj_fvi = adj_fvi.contiguous()
         adj_fvz = points.new_zeros(0, 1, 1) if adj_fvz is None else adj_fvz.contiguous()
+        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
+        threads = -(-count // chunk)
 
         def job(sl):
             fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
-            inputs = [points[sl], faces, *ctx.constants, fvz, adj_fvi[sl], adj_points[sl]]
+            inputs = [points[sl], faces, *ctx.constants, fvz, adj_fvi[sl], adj_points[sl], chunk]
             parallel.launch_tensors(
-                _project_faces_backward, (sl.stop - sl.start, count), inputs, points.device
+                _project_faces_backward, (sl.stop - sl.start, threads), inputs, points.device
             )
 
         if batch and count:
@@ -284,9 +355,9 @@ class _RigidTransform(torch.autograd.Function):
         points, eye, matrix = (t.detach().contiguous() for t in (points, eye, matrix))
         out = torch.empty_like(points)
         if out.numel():
-            parallel.launch_tensors(
-                _rigid_transform, points.shape[:2], [points, eye, matrix, out], points.device
-            )
+            chunk = RIGID_CHUNK if points.device.type == "cpu" else 1
+            dim = (points.shape[0], -(-points.shape[1] // chunk))
+            parallel.launch_tensors(_rigid_transform, dim, [points, eye, matrix, chunk, out], points.device)
         ctx.save_for_backward(points, eye, matrix)
         return out
 
