@@ -150,6 +150,23 @@ def _edge_dist2(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any):
 
 
 @wp.func
+def _edge_dist2_grad(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any, coef: Any):
+    """coef times the gradient of ``_edge_dist2`` (foot on the edge) w.r.t. the edge's ends (x1, y1) and
+    (x2, y2), as (x1, y1, x2, y2)."""
+    one = type(x0)(1.0)
+    two = type(x0)(2.0)
+    ea = y2 - y1
+    eb = x1 - x2
+    up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
+    inv = one / (ea * ea + eb * eb + type(x0)(_EDGE_EPS))
+    d2 = up * up * inv
+    dda = two * (x0 * up - d2 * ea) * inv
+    ddb = two * (y0 * up - d2 * eb) * inv
+    ddc = two * up * inv
+    return coef * (ddb - y2 * ddc), coef * (x2 * ddc - dda), coef * (y1 * ddc - ddb), coef * (dda - x1 * ddc)
+
+
+@wp.func
 def _closer(d: Any, k: int, best: Any, kind: int):
     """(d, k) if d < best else (best, kind), without a branch."""
     c = d < best
@@ -622,7 +639,6 @@ def _soft_stream(
     boxes: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
-    fidx: wp.array(dtype=wp.int32),
     row_free: wp.array(dtype=wp.int32),
     cap: int,
     count: wp.array(dtype=wp.int32),
@@ -836,22 +852,11 @@ def _soft_backward(
         else:
             k1 = v + kind * 2
             k2 = v + (kind + 1) % 3 * 2
-            x1 = vim[k1]
-            y1 = vim[k1 + 1]
-            x2 = vim[k2]
-            y2 = vim[k2 + 1]
-            ea = y2 - y1
-            eb = x1 - x2
-            up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
-            inv = one / (ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS))
-            d2 = up * up * inv
-            dda = two * (x0 * up - d2 * ea) * inv
-            ddb = two * (y0 * up - d2 * eb) * inv
-            ddc = two * up * inv
-            wp.atomic_add(grad_vi, k1, coef * (ddb - y2 * ddc))
-            wp.atomic_add(grad_vi, k1 + 1, coef * (x2 * ddc - dda))
-            wp.atomic_add(grad_vi, k2, coef * (y1 * ddc - ddb))
-            wp.atomic_add(grad_vi, k2 + 1, coef * (dda - x1 * ddc))
+            h1x, h1y, h2x, h2y = _edge_dist2_grad(x0, y0, vim[k1], vim[k1 + 1], vim[k2], vim[k2 + 1], coef)
+            wp.atomic_add(grad_vi, k1, h1x)
+            wp.atomic_add(grad_vi, k1 + 1, h1y)
+            wp.atomic_add(grad_vi, k2, h2x)
+            wp.atomic_add(grad_vi, k2 + 1, h2y)
 
 
 @wp.func
@@ -945,18 +950,7 @@ def _soft_stream_backward(
             y1 = _pick(r, ay, by, cy)
             x2 = _pick(r, bx, cx, ax)
             y2 = _pick(r, by, cy, ay)
-            ea = y2 - y1
-            eb = x1 - x2
-            up = ea * x0 + eb * y0 + (x2 * y1 - x1 * y2)
-            inv = one / (ea * ea + eb * eb + type(sigmainv)(_EDGE_EPS))
-            d2 = up * up * inv
-            dda = two * (x0 * up - d2 * ea) * inv
-            ddb = two * (y0 * up - d2 * eb) * inv
-            ddc = two * up * inv
-            h1x = coef * (ddb - y2 * ddc)
-            h1y = coef * (x2 * ddc - dda)
-            h2x = coef * (y1 * ddc - ddb)
-            h2y = coef * (dda - x1 * ddc)
+            h1x, h1y, h2x, h2y = _edge_dist2_grad(x0, y0, x1, y1, x2, y2, coef)
             gax += _pick(r, h1x, zero, h2x)
             gay += _pick(r, h1y, zero, h2y)
             gbx += _pick(r, h2x, h1x, zero)
@@ -1227,8 +1221,9 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     w_soft, w_fidx, w_products = _wp(soft), _wp(fidx), _wp(products)
     out = [_wp(count), int(stream), _wp(row_free), _wp(row_total), w_soft, w_products]
     launch(_row_counts, batch * rows, [_wp(corners), w_fidx, height, width, cap, w_window, *out])
-    total = int(row_total.sum()) if stream else None
-    if not stream:
+    if stream:
+        total = int(row_total.sum())
+    else:
         row_start = row_total.cumsum(0) - row_total
         total = int(row_start[-1] + row_total[-1])
     if total >= 2**31:
@@ -1237,7 +1232,7 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     probs = torch.empty(entries.shape, dtype=dtype, device=device)
     if stream:
         face_end = torch.empty(batch * faces, dtype=torch.int32, device=device)
-        args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), w_fidx, _wp(row_free), cap]
+        args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), _wp(row_free), cap]
         args += [_wp(count), c.sigmainv, c.multiplier, _wp(face_end), _wp(entries), _wp(probs)]
         launch(_soft_stream, batch * faces, [*args, w_soft, w_products])
         launch(_soft_finish, batch * rows * columns, [w_fidx, height, width, w_window, w_soft, w_products])
