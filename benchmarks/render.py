@@ -9,7 +9,8 @@ every torch run is bracketed by Warp runs, so that machine load hits both alike.
 over ``--repeats`` Warp runs and ``--torch-repeats`` torch runs (ms per batch, forward + backward), their
 ratio ``speedup``, and ``speedup_paired``, the median over the torch runs of each one's ratio to the mean
 of the two Warp runs around it (``speedup_rounds``): the estimate that the machine's drift in speed
-between runs moves least.
+between runs moves least. ``torch_before_warp_ms`` is one torch run timed before the Warp backend first
+runs in the process: torch runs after Warp runs should not be slower than it.
 
     python benchmarks/render.py --size 448 --batch 8 --json
     python benchmarks/render.py --size 448 --batch 8 --profile     # where the Warp backend's time goes
@@ -194,9 +195,14 @@ def run(
     def timed(backend: str) -> float:
         return time_ms(lambda: step(renderers[backend], s), device)
 
+    # The torch twins first, alone: one timed run before the Warp backend has run in this process. A Warp
+    # run that changes the process for torch (its helper thread once got an OpenMP team of its own, and
+    # torch ran ~50% slower after it) shows as torch runs slower than this one.
     for _ in range(warmup):
-        for backend in BACKENDS:
-            timed(backend)
+        timed("torch")
+    torch_alone = timed("torch")
+    for _ in range(warmup):
+        timed("warp")
     # The machine's speed drifts by tens of percent within seconds, so every torch run is bracketed by
     # Warp runs: each round's ratio compares runs made within about two seconds of each other.
     times = {"warp": [timed("warp")], "torch": []}
@@ -234,6 +240,7 @@ def run(
         "warmup": warmup,
         "warp_runs_ms": [round(t, 1) for t in times["warp"]],
         "torch_runs_ms": [round(t, 1) for t in times["torch"]],
+        "torch_before_warp_ms": round(torch_alone, 1),
         "image_max_abs_diff": float((img_w - img_t).abs().max()),
         "grad_rel_diff": {
             k: float((grad_w[k] - grad_t[k]).norm() / grad_t[k].norm().clamp_min(1e-12)) for k in grad_w
@@ -286,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['mesh']}: {args.size}x{args.size}, B={args.batch}, F={result['faces']}, {args.device}"
         )
         print(f"  warp  {result['warp_ms']:10.1f} ms / batch (forward + backward)")
-        print(f"  torch {result['torch_ms']:10.1f} ms / batch")
+        print(
+            f"  torch {result['torch_ms']:10.1f} ms / batch "
+            f"({result['torch_before_warp_ms']:.1f} ms in its run before any Warp run)"
+        )
         print(
             f"  speedup {result['speedup']:.1f}x (paired {result['speedup_paired']:.1f}x); "
             f"image max |diff| {result['image_max_abs_diff']:.2e}"

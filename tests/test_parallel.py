@@ -1,6 +1,9 @@
 """warp_kernels.parallel: the CPU launch path (recorded launches replayed with new arguments, cached array
 descriptors) against plain torch arithmetic, from one and from two threads."""
 
+import os
+import threading
+
 import pytest
 import torch
 
@@ -92,3 +95,105 @@ def test_launch_checks_arguments():
         parallel.launch_tensors(_soft_finish, 4, [fidx, 2, 2, [0, 2, 0, 2], soft, product], cpu)
     with pytest.raises(TypeError, match="expects 6 arguments"):
         parallel.launch_tensors(_soft_finish, 4, [fidx, 2, 2, window, soft], cpu)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two CPU threads for the test (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _task_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_torch_serial_sets_one_thread_and_restores(two_threads, monkeypatch):
+    """Inside ``torch_serial`` torch runs on one thread while Warp still splits work in two; nested blocks,
+    errors, CUDA and the switch leave the count as it was."""
+    cpu = torch.device("cpu")
+    with parallel.torch_serial(cpu):
+        assert torch.get_num_threads() == 1
+        assert parallel.num_threads() == 2 and parallel.num_parts(cpu, 10**6) == 2
+        with parallel.torch_serial(cpu):
+            assert torch.get_num_threads() == 1 and parallel.num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2 and parallel.num_threads() == 2
+    with pytest.raises(ValueError, match="inside"):
+        with parallel.torch_serial(cpu):
+            raise ValueError("inside")
+    assert torch.get_num_threads() == 2
+    with parallel.torch_serial(torch.device("cuda")):  # a device object only: nothing runs on it
+        assert torch.get_num_threads() == 2
+    monkeypatch.setattr(parallel, "SERIAL_TORCH", False)
+    with parallel.torch_serial(cpu):
+        assert torch.get_num_threads() == 2
+
+
+def test_run_keeps_torch_of_helpers_on_one_thread(two_threads):
+    """Jobs of ``parallel.run`` see one torch thread (caller and helper), the caller gets its two back, and
+    a thread started afterwards still gets two (the setting does not leak)."""
+    cpu = torch.device("cpu")
+    seen = parallel.run(
+        cpu, _soft_finish.module.name, [0, 1], lambda k: (threading.get_ident(), torch.get_num_threads())
+    )
+    (caller, caller_threads), (helper, helper_threads) = seen
+    assert caller == threading.get_ident() and helper != caller
+    assert caller_threads == 1 and helper_threads == 1
+    assert torch.get_num_threads() == 2
+    later = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [2]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc to count threads")
+@pytest.mark.parametrize("serial", [True, False])
+def test_parallel_torch_op_on_a_helper_starts_no_openmp_team(two_threads, monkeypatch, serial):
+    """A large torch op inside a helper's job runs on that thread, with ``torch_serial`` on or off (the
+    pool's initializer): the process gains no OpenMP workers.
+
+    (A helper with its own OpenMP team would leave more OpenMP threads than cores, and libgomp then stops
+    spin-waiting, which made every later parallel torch op in the process about 50% slower here.)"""
+    monkeypatch.setattr(parallel, "SERIAL_TORCH", serial)
+    if parallel._POOL:  # a fresh helper thread, set up under this test's switch
+        parallel._POOL[0].shutdown(wait=True)
+        parallel._POOL.clear()
+    cpu = torch.device("cpu")
+    x = torch.rand(4_000_000)
+
+    def job(k):
+        return float((x * (k + 2)).sum())
+
+    parallel.run(cpu, _soft_finish.module.name, [0, 1], lambda k: None)  # the pool exists
+    before = _task_count()
+    sums = parallel.run(cpu, _soft_finish.module.name, [0, 1], job)
+    assert _task_count() == before
+    total = float(x.double().sum())
+    assert sums == pytest.approx([2 * total, 3 * total], rel=1e-4)
+
+
+def test_serial_decorates_forward_and_backward(two_threads):
+    """``parallel.serial`` runs an autograd Function's forward and backward inside ``torch_serial``."""
+    seen = []
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        @parallel.serial
+        def forward(ctx, x):
+            seen.append(torch.get_num_threads())
+            return 2 * x
+
+        @staticmethod
+        @parallel.serial
+        def backward(ctx, g):
+            seen.append(torch.get_num_threads())
+            return 2 * g
+
+    x = torch.ones(3, requires_grad=True)
+    Double.apply(x).sum().backward()
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    torch.testing.assert_close(x.grad, torch.full((3,), 2.0))

@@ -85,6 +85,7 @@ parallel.declare_float_overloads(globals())
 
 class _Interpolate(torch.autograd.Function):
     @staticmethod
+    @parallel.serial
     def forward(ctx, bary, values, batch_index, face, faces):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         bary, values = bary.detach().contiguous(), values.detach().contiguous()
@@ -101,6 +102,7 @@ class _Interpolate(torch.autograd.Function):
         return out
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_out):
         bary, values, batch_index, face, faces = ctx.saved_tensors
         adj_out = adj_out.contiguous()

@@ -12,14 +12,20 @@ that keep the targets disjoint (e.g. whole batch items).
 
     parts = split(device, n)                       # [slice, ...]
     run(device, module, parts, lambda part: launch_on(part))
+
+torch's own CPU ops between the launches (allocations, fills, small sums) run inside ``torch_serial()``
+(on one thread): torch's OpenMP workers spin-wait for a few milliseconds after every parallel op, and a
+spinning worker takes half of a core from the Warp part running there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,18 +33,66 @@ import torch
 import warp as wp
 
 MIN_ITEMS_PER_PART = 2048  # below this the thread hand-off costs more than it saves
+SERIAL_TORCH = True  # torch_serial() sets torch to one thread (off: a no-op, for A/B timing)
 
 _POOL: list = []  # [ThreadPoolExecutor, its size] once created
 _LOADED: set = set()
 
 
+def num_threads() -> int:
+    """The CPU threads Warp launches are spread over: ``torch.get_num_threads()``, as it was outside any
+    ``torch_serial`` block."""
+    return getattr(_THREAD, "threads", None) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_serial(device: torch.device | str | None = None) -> Iterator[None]:
+    """Run torch's CPU ops in the block on the calling thread only (``torch.set_num_threads(1)``, restored
+    at the end), while ``num_threads`` keeps the number of threads for Warp's parts.
+
+    After each op it runs in parallel, torch's OpenMP workers spin-wait for the next (GOMP_SPINCOUNT,
+    milliseconds), and on a machine with as many cores as threads a spinning worker halves the speed
+    of the Warp part running on its core. The ops between Warp launches are small (allocations, fills,
+    a few sums), so on one thread they cost less than that. The setting is per thread (OpenMP's
+    nthreads), so torch work on other threads keeps its own; it does nothing on CUDA, when nested, or
+    with one thread. ``SERIAL_TORCH = False`` switches it off.
+    """
+    if not SERIAL_TORCH or getattr(_THREAD, "threads", None) or torch.device(device or "cpu").type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    _THREAD.threads = threads
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _THREAD.threads = None
+
+
+def serial(method: Callable) -> Callable:
+    """Decorator of an autograd Function's ``forward`` or ``backward``: its body runs inside
+    ``torch_serial`` on the device of its first tensor argument."""
+
+    @functools.wraps(method)
+    def wrapped(ctx, *args):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        with torch_serial(device):
+            return method(ctx, *args)
+
+    return wrapped
+
+
 def num_parts(device: torch.device, n: int, min_items: int | None = None) -> int:
-    """How many parts to split ``n`` items into: up to ``torch.get_num_threads()`` on CPU, 1 on CUDA;
-    each part gets at least ``min_items`` (default ``MIN_ITEMS_PER_PART``)."""
+    """How many parts to split ``n`` items into: up to ``num_threads()`` on CPU, 1 on CUDA; each part
+    gets at least ``min_items`` (default ``MIN_ITEMS_PER_PART``)."""
     min_items = MIN_ITEMS_PER_PART if min_items is None else min_items
     if device.type != "cpu" or n < 2 * min_items:
         return 1
-    return max(1, min(torch.get_num_threads(), n // min_items))
+    return max(1, min(num_threads(), n // min_items))
 
 
 def split(device: torch.device, n: int, min_items: int | None = None) -> list[slice]:
@@ -89,7 +143,7 @@ _OVERLOADS: dict = {}
 _SIGNATURES: dict = {}
 _DESCRIPTORS: dict = {}
 _MAX_DESCRIPTORS = 4096
-_THREAD = threading.local()  # per thread: its recorded CPU launches, by concrete kernel
+_THREAD = threading.local()  # per thread: its recorded CPU launches (by concrete kernel), torch_serial state
 
 
 def scalar(dtype: torch.dtype, value: float):
@@ -204,15 +258,31 @@ def launch(kernel, dim: int, args: list) -> None:
     launch_tensors(kernel, dim, args, args[0].device)
 
 
+def _serial_helper() -> None:
+    """Thread-pool initializer: torch ops on a helper thread (views, allocations) run on that thread.
+
+    Without it, the first parallel torch op of a helper would give it its own OpenMP team, and with
+    more OpenMP threads than cores libgomp stops spin-waiting: every parallel torch op of the process
+    (the training loop's included) then wakes its workers through the kernel, ~50% slower here.
+    """
+    torch.get_num_threads()  # torch sets up the thread's OpenMP count on first use; do it first
+    torch.set_num_threads(1)
+
+
 def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
     """``[job(item) for item in items]``: the first item on the calling thread, the others at the same
-    time on a thread pool.
+    time on a thread pool, inside ``torch_serial``.
 
     ``module`` is the ``__name__`` of the module whose kernels the jobs launch: it is built and loaded
     once before the threads start, so they never race on compiling it.
     """
     if len(items) == 1:
         return [job(items[0])]
+    with torch_serial(device):
+        return _run(device, module, items, job)
+
+
+def _run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
     wp_device = wp.device_from_torch(device)
     if (module, wp_device.alias) not in _LOADED:
         wp.load_module(sys.modules[module], device=wp_device)
@@ -221,7 +291,8 @@ def run(device: torch.device, module: str, items: Sequence, job: Callable) -> li
     if not _POOL or _POOL[1] < helpers:
         if _POOL:
             _POOL[0].shutdown(wait=False)  # its threads end once idle
-        _POOL[:] = [ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="warp-cpu"), helpers]
+        pool = ThreadPoolExecutor(helpers, thread_name_prefix="warp-cpu", initializer=_serial_helper)
+        _POOL[:] = [pool, helpers]
     futures = [_POOL[0].submit(job, item) for item in items[1:]]
     try:
         first = job(items[0])

@@ -274,6 +274,7 @@ parallel.declare_float_overloads(globals())
 
 class _ProjectFaces(torch.autograd.Function):
     @staticmethod
+    @parallel.serial
     def forward(ctx, points, faces, intrinsics, size):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         points = points.detach().contiguous()
@@ -298,6 +299,7 @@ class _ProjectFaces(torch.autograd.Function):
         return fvz, fvi, fnz
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_fvz, adj_fvi, _adj_fnz):
         points, faces = ctx.saved_tensors
         if adj_fvz is None and adj_fvi is None:
@@ -350,6 +352,7 @@ def project_faces(
 
 class _RigidTransform(torch.autograd.Function):
     @staticmethod
+    @parallel.serial
     def forward(ctx, points, eye, matrix):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         points, eye, matrix = (t.detach().contiguous() for t in (points, eye, matrix))
@@ -362,6 +365,7 @@ class _RigidTransform(torch.autograd.Function):
         return out
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_out):
         points, eye, matrix = ctx.saved_tensors
         adj_points = torch.empty_like(points)

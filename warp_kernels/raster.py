@@ -1356,6 +1356,7 @@ class _DibrRasterization(torch.autograd.Function):
     """Forward and backward on contiguous batch slices (one per CPU thread; the whole batch on CUDA)."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps, options):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
@@ -1395,6 +1396,7 @@ class _DibrRasterization(torch.autograd.Function):
         return packed, soft, face_idx, flat
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, grad_out, grad_soft, *_unused):
         fvi, vim, feats = ctx.saved_tensors
         need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
@@ -1428,6 +1430,7 @@ class _DepthMap(torch.autograd.Function):
     face index): forward and backward on contiguous batch slices, as ``_DibrRasterization``."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
@@ -1462,6 +1465,7 @@ class _DepthMap(torch.autograd.Function):
         return out
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, grad_out):
         fvi, vim, values = ctx.saved_tensors
         need_vi, need_values = ctx.needs_input_grad[3], ctx.needs_input_grad[4]

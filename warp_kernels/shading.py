@@ -358,6 +358,7 @@ class FusedShade(torch.autograd.Function):
     (private accumulators per part for the shared gradients)."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, bary, position, normals, tangents, albedo, normal_map, light, ambient, visibility, topo):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         floats = [
@@ -374,6 +375,7 @@ class FusedShade(torch.autograd.Function):
         return colour, shading_normal
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_colour, adj_shading_normal):
         floats = ctx.saved_tensors
         g_bary, g_position = torch.empty_like(floats[0]), torch.empty_like(floats[1])  # written per pixel
@@ -748,6 +750,7 @@ class FusedFrames(torch.autograd.Function):
     batch items (every kernel accumulates within its own item only)."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, vertices, topo):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         uvs, faces, face_uvs, face_wedges, wedge_vertex = topo
@@ -772,6 +775,7 @@ class FusedFrames(torch.autograd.Function):
         return normals, tangents
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_normals, adj_tangents):
         vertices, acc_n, acc_t, angles, normals, tangents = ctx.saved_tensors
         uvs, faces, face_uvs, face_wedges, wedge_vertex = ctx.topo
@@ -894,6 +898,7 @@ class FusedComposite(torch.autograd.Function):
     pixel as background, then one over the covered pixels; on CPU each pass in parts (disjoint pixels)."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, mask, colour, flat, background):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         mask, colour = mask.detach().contiguous(), colour.detach().contiguous()
@@ -904,6 +909,7 @@ class FusedComposite(torch.autograd.Function):
         return image
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_image):
         mask, colour, flat, background = ctx.saved_tensors
         adj_mask, adj_colour = torch.empty_like(mask), torch.empty_like(colour)

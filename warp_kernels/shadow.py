@@ -209,6 +209,7 @@ class PCFVisibility(torch.autograd.Function):
     tap values of every point for the adjoint."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, depth_map, coords, depth, batch_index, sharpness, bias):
         depth_map, coords, depth = (t.detach().contiguous() for t in (depth_map, coords, depth))
         batch_index = batch_index.to(torch.int32).contiguous()
@@ -224,6 +225,7 @@ class PCFVisibility(torch.autograd.Function):
         return visibility
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_visibility):
         depth_map, coords, depth, batch_index, taps = ctx.saved_tensors
         n = depth.shape[0]
@@ -314,6 +316,7 @@ class LightProjection(torch.autograd.Function):
     """Autograd bridge of the projection kernels (hand-written adjoint)."""
 
     @staticmethod
+    @parallel.serial
     def forward(ctx, points, batch_index, rotation, eye, focal, size):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         points, rotation, eye = (t.detach().contiguous() for t in (points, rotation, eye))
@@ -333,6 +336,7 @@ class LightProjection(torch.autograd.Function):
         return coords, depth
 
     @staticmethod
+    @parallel.serial
     def backward(ctx, adj_coords, adj_depth):
         points, batch_index, rotation, eye, focal = ctx.saved_tensors
         n = points.shape[0]

@@ -45,6 +45,7 @@ from harp_kaolin.render.texture import (
     wedge_signs,
     wedges,
 )
+from warp_kernels import parallel
 from warp_kernels.interpolate import interpolate as warp_interpolate
 from warp_kernels.shading import composite as warp_composite
 from warp_kernels.shading import fused_shade
@@ -442,6 +443,15 @@ class Renderer(torch.nn.Module):
             RenderOutput.
         """
         light, ambient = self._check(vertices, albedo, normal_map, light, ambient)
+        if self.backend == "warp":
+            # torch's ops between the Warp launches on one thread (see parallel.torch_serial)
+            with parallel.torch_serial(vertices.device):
+                return self._render(vertices, albedo, normal_map, light, ambient)
+        return self._render(vertices, albedo, normal_map, light, ambient)
+
+    def _render(
+        self, vertices: Tensor, albedo: Tensor, normal_map: Tensor, light: Tensor, ambient: Tensor
+    ) -> RenderOutput:
         warp = self.backend == "warp"
         faces, face_uvs, face_wedges, wedge_vertex = (
             (self.faces_i32, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32)
