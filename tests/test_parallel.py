@@ -97,6 +97,12 @@ def test_launch_checks_arguments():
         parallel.launch_tensors(_soft_finish, 4, [fidx, 2, 2, window, soft], cpu)
 
 
+needs_openmp = pytest.mark.skipif(
+    not parallel._openmp(),
+    reason="torch runs on its native thread pool here, not OpenMP: torch_serial is off",
+)
+
+
 @pytest.fixture
 def two_threads():
     """torch on two CPU threads for the test (restored after)."""
@@ -110,6 +116,7 @@ def _task_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+@needs_openmp
 def test_torch_serial_sets_one_thread_and_restores(two_threads, monkeypatch):
     """Inside ``torch_serial`` torch runs on one thread while Warp still splits work in two; nested blocks,
     errors, CUDA and the switch leave the count as it was."""
@@ -132,6 +139,7 @@ def test_torch_serial_sets_one_thread_and_restores(two_threads, monkeypatch):
         assert torch.get_num_threads() == 2
 
 
+@needs_openmp
 def test_run_keeps_torch_of_helpers_on_one_thread(two_threads):
     """Jobs of ``parallel.run`` see one torch thread (caller and helper), the caller gets its two back, and
     a thread started afterwards still gets two (the setting does not leak)."""
@@ -150,6 +158,7 @@ def test_run_keeps_torch_of_helpers_on_one_thread(two_threads):
     assert later == [2]
 
 
+@needs_openmp
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc to count threads")
 @pytest.mark.parametrize("serial", [True, False])
 def test_parallel_torch_op_on_a_helper_starts_no_openmp_team(two_threads, monkeypatch, serial):
@@ -176,6 +185,7 @@ def test_parallel_torch_op_on_a_helper_starts_no_openmp_team(two_threads, monkey
     assert sums == pytest.approx([2 * total, 3 * total], rel=1e-4)
 
 
+@needs_openmp
 def test_serial_decorates_forward_and_backward(two_threads):
     """``parallel.serial`` runs an autograd Function's forward and backward inside ``torch_serial``."""
     seen = []

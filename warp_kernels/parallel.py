@@ -54,10 +54,16 @@ def torch_serial(device: torch.device | str | None = None) -> Iterator[None]:
     milliseconds), and on a machine with as many cores as threads a spinning worker halves the speed
     of the Warp part running on its core. The ops between Warp launches are small (allocations, fills,
     a few sums), so on one thread they cost less than that. The setting is per thread (OpenMP's
-    nthreads), so torch work on other threads keeps its own; it does nothing on CUDA, when nested, or
-    with one thread. ``SERIAL_TORCH = False`` switches it off.
+    nthreads), so torch work on other threads keeps its own; it does nothing on CUDA, when nested, with
+    one thread, or when torch runs its own thread pool instead of OpenMP. ``SERIAL_TORCH = False``
+    switches it off.
     """
-    if not SERIAL_TORCH or getattr(_THREAD, "threads", None) or torch.device(device or "cpu").type != "cpu":
+    if (
+        not SERIAL_TORCH
+        or getattr(_THREAD, "threads", None)
+        or torch.device(device or "cpu").type != "cpu"
+        or not _openmp()
+    ):
         yield
         return
     threads = torch.get_num_threads()
@@ -71,6 +77,13 @@ def torch_serial(device: torch.device | str | None = None) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         _THREAD.threads = None
+
+
+@functools.cache
+def _openmp() -> bool:
+    """Whether torch's CPU ops run on OpenMP (its native thread pool can't change its size once it runs,
+    and warns when asked to)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def serial(method: Callable) -> Callable:
@@ -265,8 +278,9 @@ def _serial_helper() -> None:
     more OpenMP threads than cores libgomp stops spin-waiting: every parallel torch op of the process
     (the training loop's included) then wakes its workers through the kernel, ~50% slower here.
     """
-    torch.get_num_threads()  # torch sets up the thread's OpenMP count on first use; do it first
-    torch.set_num_threads(1)
+    if _openmp():
+        torch.get_num_threads()  # torch sets up the thread's OpenMP count on first use; do it first
+        torch.set_num_threads(1)
 
 
 def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
