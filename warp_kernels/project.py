@@ -161,6 +161,25 @@ def bounding_sphere(points: Tensor) -> tuple[Tensor, Tensor]:
 RIGID_CHUNK = 256  # points per CPU kernel thread of the rigid transform (a thread per point costs more)
 
 
+@wp.func
+def _view_frame(eye: wp.array2d(dtype=Any), matrix: wp.array3d(dtype=Any), b: int):
+    """Item b's eye and rotation (row-major) as scalars, for the two rigid-transform kernels."""
+    return (
+        eye[b, 0],
+        eye[b, 1],
+        eye[b, 2],
+        matrix[b, 0, 0],
+        matrix[b, 0, 1],
+        matrix[b, 0, 2],
+        matrix[b, 1, 0],
+        matrix[b, 1, 1],
+        matrix[b, 1, 2],
+        matrix[b, 2, 0],
+        matrix[b, 2, 1],
+        matrix[b, 2, 2],
+    )
+
+
 @wp.kernel
 def _rigid_transform(
     points: wp.array3d(dtype=Any),
@@ -171,18 +190,7 @@ def _rigid_transform(
 ):
     """out[b, v] = matrix[b] (points[b, v] - eye[b]) for ``chunk`` points per thread."""
     b, q = wp.tid()
-    e0 = eye[b, 0]
-    e1 = eye[b, 1]
-    e2 = eye[b, 2]
-    m00 = matrix[b, 0, 0]
-    m01 = matrix[b, 0, 1]
-    m02 = matrix[b, 0, 2]
-    m10 = matrix[b, 1, 0]
-    m11 = matrix[b, 1, 1]
-    m12 = matrix[b, 1, 2]
-    m20 = matrix[b, 2, 0]
-    m21 = matrix[b, 2, 1]
-    m22 = matrix[b, 2, 2]
+    e0, e1, e2, m00, m01, m02, m10, m11, m12, m20, m21, m22 = _view_frame(eye, matrix, b)
     for v in range(q * chunk, wp.min(q * chunk + chunk, points.shape[1])):
         d0 = points[b, v, 0] - e0
         d1 = points[b, v, 1] - e1
@@ -205,18 +213,7 @@ def _rigid_transform_backward(
     """One thread per item: adj_points = matrix^T adj_out per point; adj_matrix = sum adj_out d^T and
     adj_eye = -sum adj_points over the item's points (summed in registers)."""
     b = wp.tid()
-    e0 = eye[b, 0]
-    e1 = eye[b, 1]
-    e2 = eye[b, 2]
-    m00 = matrix[b, 0, 0]
-    m01 = matrix[b, 0, 1]
-    m02 = matrix[b, 0, 2]
-    m10 = matrix[b, 1, 0]
-    m11 = matrix[b, 1, 1]
-    m12 = matrix[b, 1, 2]
-    m20 = matrix[b, 2, 0]
-    m21 = matrix[b, 2, 1]
-    m22 = matrix[b, 2, 2]
+    e0, e1, e2, m00, m01, m02, m10, m11, m12, m20, m21, m22 = _view_frame(eye, matrix, b)
     zero = type(e0)(0.0)
     s00 = zero
     s01 = zero
