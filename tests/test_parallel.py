@@ -207,3 +207,84 @@ def test_serial_decorates_forward_and_backward(two_threads):
     Double.apply(x).sum().backward()
     assert seen == [1, 1] and torch.get_num_threads() == 2
     torch.testing.assert_close(x.grad, torch.full((3,), 2.0))
+
+
+def test_fan_out_gives_aliases_whose_gradients_add_up():
+    """Each alias shares the tensor's storage; the gradient is the sum over the aliases that got one, as
+    the autograd engine sums a tensor used several times."""
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 3, dtype=torch.float64)
+    a, b, c, unused = parallel.fan_out(x, 4)
+    assert all(t.data_ptr() == x.data_ptr() and t.shape == x.shape for t in (a, b, c, unused))
+    ((a * w[0]).sum() + (b.square() * w[1]).sum() + (c.sin() * w[2]).sum()).backward()
+    expected = w[0] + 2 * x.detach() * w[1] + x.detach().cos() * w[2]
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+    single = torch.randn(4, requires_grad=True)
+    (only,) = parallel.fan_out(single, 1)
+    (3 * only).sum().backward()
+    torch.testing.assert_close(single.grad, torch.full((4,), 3.0))
+    plain = torch.randn(4)
+    assert not any(t.requires_grad for t in parallel.fan_out(plain, 2))
+    with pytest.raises(ValueError, match="at least 1"):
+        parallel.fan_out(x, 0)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_accumulator_total_is_the_sum_of_the_parts(two_threads, parts):
+    """Parts zero and fill their own accumulators (possibly on other threads); the total, summed over the
+    threads in ranges, equals the serial sum of the parts in order, bit for bit."""
+    cpu = torch.device("cpu")
+    like = torch.full((3, 200_000), float("nan"))  # larger than two reduction ranges
+    acc = parallel.Accumulator(like, parts)
+    gen = torch.Generator().manual_seed(parts)
+    adds = [torch.randn(like.shape, generator=gen) for _ in range(parts)]
+
+    def job(k):
+        acc.part(k).add_(adds[k])
+
+    parallel.run(cpu, None, list(range(parts)), job)
+    expected = torch.zeros(like.shape)
+    for a in adds:
+        expected = expected + a
+    assert torch.equal(acc.total(), expected)
+    untouched = parallel.Accumulator(like, 2)
+    assert torch.equal(untouched.total(), torch.zeros(like.shape))
+
+
+@needs_openmp
+def test_renderer_backward_runs_no_parallel_torch_op(two_threads, anny_hand_sub):
+    """No torch op that computes runs on more than one thread in the Warp renderer's forward or backward:
+    every one runs inside ``torch_serial`` (the gradient sums of tensors with several consumers too,
+    ``fan_out``), so torch's OpenMP worker never spins on the core a Warp part needs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from harp_kaolin.render import Camera, Renderer
+
+    grain = 32768  # at::internal::GRAIN_SIZE: smaller ops run on one thread anyway
+    found = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+            if torch.get_num_threads() > 1 and not func.is_view and max(t.numel() for t in tensors) > grain:
+                found.append(str(func))
+            return out
+
+    hand = anny_hand_sub
+    with torch.no_grad():
+        v = hand(torch.zeros(2, hand.num_pose, 3), None, torch.tensor([[0.0, 1.57, 0.0]] * 2)).vertices
+        v = v - (v.amin(1, keepdim=True) + v.amax(1, keepdim=True)) / 2 + torch.tensor([0.0, 0.0, 0.3])
+    assert v.numel() > grain
+    camera = Camera(width=128, height=128, fx=200.0, fy=200.0, cx=64.0, cy=64.0)
+    r = Renderer(camera, hand.faces, hand.face_uvs, hand.uvs, backend="warp")
+    leaves = [t.clone().requires_grad_() for t in (v, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))]
+    light = torch.tensor([0.1, -0.1, 0.1], requires_grad=True)
+    weights = torch.rand(2, 128, 128, 3)
+    with Record():
+        out = r(*leaves, light, torch.tensor([0.0]))
+        assert int((out.face_idx >= 0).sum()) * 3 > grain  # the packed pixels' tensors are large too
+        out.image.backward(weights)
+    assert found == []
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (*leaves, light))

@@ -424,6 +424,27 @@ def test_depth_map_gradcheck_and_split():
         torch.set_num_threads(threads)
 
 
+def test_depth_map_scale_is_negation_without_a_torch_op():
+    """scale=-1 gives exactly the negated map of the negated empty value, and the same gradients as a
+    negation applied after it (the shadow map's depth from DIB-R's -depth z)."""
+    fvz, fvi, feats, fnz = random_scene(batch=2, faces=6, dims=(1,), seed=4, size=0.6)
+    values = feats[0][..., 0]
+    empty = torch.tensor([1.5, 2.5])
+    upstream = torch.randn(2, 9, 11, generator=torch.Generator().manual_seed(1))
+    results = []
+    for scaled in (True, False):
+        vi, vals = fvi.clone().requires_grad_(), values.clone().requires_grad_()
+        if scaled:
+            out = raster.depth_map(9, 11, fvz, vi, vals, fnz, empty, scale=-1.0)
+        else:
+            out = -raster.depth_map(9, 11, fvz, vi, vals, fnz, -empty)
+        (out * upstream).sum().backward()
+        results.append((out, vi.grad, vals.grad))
+    assert (results[0][0] == empty[:, None, None]).any() and (results[0][0] != empty[:, None, None]).any()
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
 def test_depth_map_checks_its_inputs():
     fvz, fvi, feats, fnz = random_scene(batch=2, faces=4, dims=(1,))
     with pytest.raises(ValueError, match="empty"):

@@ -108,16 +108,16 @@ class _Interpolate(torch.autograd.Function):
         adj_out = adj_out.contiguous()
         adj_bary = torch.empty_like(bary)
         parts = parallel.split(bary.device, bary.shape[0])
-        sums = parallel.private_zeros(torch.zeros_like(values), len(parts))
+        sums = parallel.Accumulator(values, len(parts))
 
         def job(k):
             sl = parts[k]
-            tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl], sums[k]]
-            parallel.launch(_interpolate_backward, sl.stop - sl.start, tensors)
+            tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl]]
+            parallel.launch(_interpolate_backward, sl.stop - sl.start, [*tensors, sums.part(k)])
 
         if bary.shape[0]:
             parallel.run(bary.device, __name__, list(range(len(parts))), job)
-        return adj_bary, parallel.reduce_parts(sums), None, None, None
+        return adj_bary, sums.total(), None, None, None
 
 
 def interpolate(bary: Tensor, values: Tensor, batch_index: Tensor, face: Tensor, faces: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ there is one part.
 
 Warp's ``atomic_add`` is a plain read-modify-write on CPU (launches are sequential there), so parts that
 run at the same time must never accumulate into the same array element: give each part its own
-accumulator (``private_zeros``) and add them up afterwards (``reduce_parts``), or split at boundaries
-that keep the targets disjoint (e.g. whole batch items).
+accumulator (``Accumulator``: each part zeroes its own, the sum is split over the threads too), or split
+at boundaries that keep the targets disjoint (e.g. whole batch items).
 
     parts = split(device, n)                       # [slice, ...]
     run(device, module, parts, lambda part: launch_on(part))
@@ -288,7 +288,7 @@ def run(device: torch.device, module: str, items: Sequence, job: Callable) -> li
     time on a thread pool, inside ``torch_serial``.
 
     ``module`` is the ``__name__`` of the module whose kernels the jobs launch: it is built and loaded
-    once before the threads start, so they never race on compiling it.
+    once before the threads start, so they never race on compiling it (None: the jobs launch none).
     """
     if len(items) == 1:
         return [job(items[0])]
@@ -297,10 +297,11 @@ def run(device: torch.device, module: str, items: Sequence, job: Callable) -> li
 
 
 def _run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
-    wp_device = wp.device_from_torch(device)
-    if (module, wp_device.alias) not in _LOADED:
-        wp.load_module(sys.modules[module], device=wp_device)
-        _LOADED.add((module, wp_device.alias))
+    if module is not None:
+        wp_device = wp.device_from_torch(device)
+        if (module, wp_device.alias) not in _LOADED:
+            wp.load_module(sys.modules[module], device=wp_device)
+            _LOADED.add((module, wp_device.alias))
     helpers = len(items) - 1  # the calling thread runs the first item itself
     if not _POOL or _POOL[1] < helpers:
         if _POOL:
@@ -317,15 +318,85 @@ def _run(device: torch.device, module: str, items: Sequence, job: Callable) -> l
     return [first, *(f.result() for f in futures)]
 
 
-def private_zeros(like: torch.Tensor, parts: int) -> list[torch.Tensor]:
-    """One zeroed accumulator per part: ``like`` itself (zeroed by the caller) for the first part, fresh
-    zeros for the others."""
-    return [like] + [torch.zeros_like(like) for _ in range(parts - 1)]
+REDUCE_MIN_ITEMS = 1 << 16  # elements per thread below which an accumulator sum stays on one thread
 
 
-def reduce_parts(accumulators: list[torch.Tensor]) -> torch.Tensor:
-    """Sum the per-part accumulators into the first one (returned)."""
-    total = accumulators[0]
-    for extra in accumulators[1:]:
-        total.add_(extra)
-    return total
+class Accumulator:
+    """Private accumulators of one gradient, one per part of a launch, and their sum.
+
+    Part k takes its own (``part(k)``, zeroed there: in its job, on its thread, while the other parts
+    zero theirs) and ``total()`` adds the ones taken into the first, each thread summing a range of
+    elements. Parts add in the same order as a serial sum, so the result does not depend on the thread
+    count beyond the parts themselves.
+
+        acc = Accumulator(like, len(parts))
+        run(device, module, range(len(parts)), lambda k: launch_on(parts[k], acc.part(k)))
+        grad = acc.total()                             # zeros if no part ran
+    """
+
+    def __init__(self, like: torch.Tensor, parts: int):
+        self._buffers = [like.new_empty(like.shape) for _ in range(max(parts, 1))]
+        self._taken = [False] * len(self._buffers)
+
+    def part(self, k: int) -> torch.Tensor:
+        """Part k's accumulator, zeroed now."""
+        self._taken[k] = True
+        return self._buffers[k].zero_()
+
+    def total(self) -> torch.Tensor:
+        """The sum of the parts' accumulators (in the first one taken)."""
+        taken = [b for b, t in zip(self._buffers, self._taken) if t]
+        if not taken:
+            return self._buffers[0].zero_()
+        first = taken[0]
+        if len(taken) > 1:
+            flat, rest = first.view(-1), [b.view(-1) for b in taken[1:]]
+
+            def job(sl):
+                for r in rest:
+                    flat[sl].add_(r[sl])
+
+            device = first.device
+            ranges = split(device, flat.numel(), min_items=REDUCE_MIN_ITEMS)
+            if len(ranges) == 1:
+                job(ranges[0])
+            else:
+                run(device, None, ranges, job)
+        return first
+
+
+class _FanOut(torch.autograd.Function):
+    """``n`` aliases of one tensor; their gradients are summed inside ``torch_serial``."""
+
+    @staticmethod
+    def forward(ctx, tensor, n):
+        ctx.set_materialize_grads(False)  # an alias with no gradient adds nothing
+        return tuple(tensor.view_as(tensor) for _ in range(n))
+
+    @staticmethod
+    @serial
+    def backward(ctx, *grads):
+        present = [g for g in grads if g is not None]
+        if not present:
+            return None, None
+        total = present[0] if len(present) == 1 else present[0] + present[1]
+        for g in present[2:]:
+            total.add_(g)
+        return total, None
+
+
+def fan_out(tensor: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """``n`` aliases of ``tensor`` (views, no copy), one per consumer, whose gradients are summed on one
+    thread (``torch_serial``).
+
+    When one tensor feeds several autograd nodes, the engine adds up their gradients itself, with
+    torch's parallel ops when the tensor is large; each such op leaves torch's OpenMP worker spinning
+    for milliseconds on the core that the next Warp part needs (see ``torch_serial``). Give each
+    consumer its own alias and the sum happens here instead. Without gradients (or on CUDA, where it
+    costs nothing either way) the aliases are plain views.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not (torch.is_grad_enabled() and tensor.requires_grad):
+        return tuple(tensor.view_as(tensor) for _ in range(n))
+    return _FanOut.apply(tensor, n)

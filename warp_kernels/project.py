@@ -293,6 +293,7 @@ class _ProjectFaces(torch.autograd.Function):
         ctx.save_for_backward(points, faces)
         ctx.constants = (fx, fy, width, height)
         ctx.mark_non_differentiable(fnz)
+        ctx.set_materialize_grads(False)  # no zeros for the outputs without a gradient (fnz, often fvz)
         return fvz, fvi, fnz
 
     @staticmethod

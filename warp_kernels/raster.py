@@ -146,7 +146,7 @@ def _edge_dist2(x0: Any, y0: Any, x1: Any, y1: Any, x2: Any, y2: Any):
     down = ey * ey + ex * ex + type(x0)(_EDGE_EPS)
     up = ey * x0 - ex * y0 + (x2 * y1 - x1 * y2)
     inside = along >= type(x0)(0.0) and along <= ex * ex + ey * ey
-    return wp.where(inside, up * up / down, type(x0)(_FAR))
+    return wp.where(inside, up * up * (type(x0)(1.0) / down), type(x0)(_FAR))  # 1 / down: per face, hoisted
 
 
 @wp.func
@@ -1431,10 +1431,12 @@ class _DepthMap(torch.autograd.Function):
 
     @staticmethod
     @parallel.serial
-    def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps):
+    def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps, scale):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
         fvi, values = fvi.detach().contiguous(), values.detach().contiguous()
+        if scale != 1.0:  # the map interpolates the scaled values (here, on one thread: no torch op after)
+            values = values * scale
         fvz, fnz, empty = fvz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
         xs, ys = pixel_centres(height, width, multiplier, dtype, device)
         scalars = [
@@ -1460,6 +1462,7 @@ class _DepthMap(torch.autograd.Function):
         slices = parallel.split(device, batch, min_items=1)
         ctx.parts = list(zip(slices, _run_parts(device, slices, job)))
         ctx.setup = setup
+        ctx.scale = scale
         ctx.save_for_backward(fvi, vim, values)
         ctx.set_materialize_grads(False)
         return out
@@ -1470,7 +1473,7 @@ class _DepthMap(torch.autograd.Function):
         fvi, vim, values = ctx.saved_tensors
         need_vi, need_values = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         if grad_out is None or not (need_vi or need_values):
-            return (None,) * 9
+            return (None,) * 10
         grad_out = grad_out.contiguous()
         grad_vi = torch.zeros_like(fvi)
         grad_values = torch.zeros_like(values) if need_values else None
@@ -1491,7 +1494,9 @@ class _DepthMap(torch.autograd.Function):
             _interpolation_backward(launch, *args, ctx.setup)  # dense: one thread per pixel
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
-        return None, None, None, grad_vi if need_vi else None, grad_values, None, None, None, None
+        if grad_values is not None and ctx.scale != 1.0:
+            grad_values.mul_(ctx.scale)
+        return None, None, None, grad_vi if need_vi else None, grad_values, None, None, None, None, None
 
 
 def depth_map(
@@ -1504,12 +1509,13 @@ def depth_map(
     empty,
     multiplier=1000,
     eps=1e-8,
+    scale=1.0,
 ):
     """A dense map of one interpolated value per pixel from DIB-R's hard pass (e.g. a shadow map's depth).
 
     The same values and gradients as ``dibr_rasterization_packed`` with ``soft_mask=False`` and
-    ``face_values[..., None]`` as the features, scattered into a map filled with ``empty``, in one op:
-    no soft mask, face index or packed rows are made.
+    ``scale * face_values[..., None]`` as the features, scattered into a map filled with ``empty``, in
+    one op: no soft mask, face index or packed rows are made.
 
     Args:
         height, width: map size in pixels.
@@ -1517,8 +1523,10 @@ def depth_map(
         face_vertices_image: (B, F, 3, 2) NDC positions, y up.
         face_values: (B, F, 3) per-corner values to interpolate.
         face_normals_z: (B, F); faces with a negative value are not drawn.
-        empty: (B,) value of the pixels no face covers.
+        empty: (B,) value of the pixels no face covers (not scaled).
         multiplier, eps: as ``dibr_rasterization``.
+        scale: factor of the interpolated values (e.g. -1 to map depth from DIB-R's ``-depth`` z, with
+            no torch op on the map after it).
 
     Returns:
         (B, H, W) map, differentiable w.r.t. ``face_vertices_image`` and ``face_values``.
@@ -1536,7 +1544,7 @@ def depth_map(
     empty = empty.to(dtype=face_vertices_image.dtype, device=face_vertices_image.device)
     return _DepthMap.apply(
         height, width, face_vertices_z, face_vertices_image, face_values, face_normals_z, empty,
-        float(multiplier), float(eps),
+        float(multiplier), float(eps), float(scale),
     )  # fmt: skip
 
 

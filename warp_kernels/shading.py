@@ -370,6 +370,7 @@ class FusedShade(torch.autograd.Function):
         shading_normal = position.new_empty(n, 3)
         ctx.save_for_backward(*floats)
         ctx.topo = topo
+        ctx.set_materialize_grads(False)  # zeros for an unused output are made here, on one thread
         if n:
             _shade_parts(_shade, floats, topo, [colour, shading_normal])
         return colour, shading_normal
@@ -378,35 +379,39 @@ class FusedShade(torch.autograd.Function):
     @parallel.serial
     def backward(ctx, adj_colour, adj_shading_normal):
         floats = ctx.saved_tensors
+        if adj_colour is None and adj_shading_normal is None:
+            return (None,) * 10
+        adj_colour = torch.zeros_like(floats[1]) if adj_colour is None else adj_colour
+        adj_shading_normal = torch.zeros_like(floats[1]) if adj_shading_normal is None else adj_shading_normal
         g_bary, g_position = torch.empty_like(floats[0]), torch.empty_like(floats[1])  # written per pixel
         g_visibility = torch.empty_like(floats[8])
-        shared = [torch.zeros_like(t) for t in floats[2:8]]  # normals ... ambient: accumulated
+        parts = parallel.split(g_position.device, g_position.shape[0], min_items=parallel.MIN_ITEMS_PER_PART)
+        shared = [parallel.Accumulator(t, len(parts)) for t in floats[2:8]]  # normals ... ambient
         if g_position.shape[0]:
             per_pixel = [adj_colour.contiguous(), adj_shading_normal.contiguous(), g_bary, g_position]
-            _shade_parts(_shade_backward, floats, ctx.topo, [*per_pixel, g_visibility], shared)
-        grads = [g_bary, g_position, *shared, g_visibility]
+            _shade_parts(_shade_backward, floats, ctx.topo, [*per_pixel, g_visibility], shared, parts)
+        grads = [g_bary, g_position, *(acc.total() for acc in shared), g_visibility]
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
 
 
-def _shade_parts(kernel, floats, topo, per_pixel, shared=()) -> None:
-    """Launch ``kernel`` over the pixels in parts: the shading inputs, ``per_pixel`` (N, ...) arrays (views
-    per part), then the zeroed ``shared`` accumulators (one set per part, summed into ``shared``)."""
+def _shade_parts(kernel, floats, topo, per_pixel, shared=(), parts=None) -> None:
+    """Launch ``kernel`` over the pixels in ``parts`` (default ``parallel.split``): the shading inputs,
+    ``per_pixel`` (N, ...) arrays (views per part), then the ``shared`` accumulators
+    (``parallel.Accumulator``, one per gradient, made for these parts)."""
     bary, position, normals, tangents, albedo, normal_map, light, ambient, visibility = floats
     batch_index, face, uvs, signs, faces, face_uvs, face_wedges = topo
     device = position.device
-    parts = parallel.split(device, position.shape[0], min_items=parallel.MIN_ITEMS_PER_PART)
-    private = [parallel.private_zeros(t, len(parts)) for t in shared]
+    if parts is None:
+        parts = parallel.split(device, position.shape[0], min_items=parallel.MIN_ITEMS_PER_PART)
     fixed = [normals, tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light, ambient]
 
     def job(k):
         sl = parts[k]
         pixels = [t[sl] for t in (bary, batch_index, face, position)]
         outputs = [t[sl] if t.shape[0] else t for t in (visibility, *per_pixel)]  # visibility may be empty
-        _launch(kernel, sl.stop - sl.start, [*pixels, *fixed, *outputs, *(acc[k] for acc in private)])
+        _launch(kernel, sl.stop - sl.start, [*pixels, *fixed, *outputs, *(acc.part(k) for acc in shared)])
 
     parallel.run(device, __name__, range(len(parts)), job)
-    for acc in private:
-        parallel.reduce_parts(acc)
 
 
 def _launch(kernel, items: int | tuple[int, int], args: list) -> None:

@@ -175,33 +175,30 @@ for _t in (wp.float32, wp.float64):
     )
 
 
-def _launch_parts(kernel, n: int, args: list, accumulator: Tensor | None = None) -> None:
-    """Launch ``kernel`` over n points, split over the CPU threads (``warp_kernels.parallel``).
+def _launch_parts(kernel, n: int, args: list, parts: list[slice] | None = None) -> None:
+    """Launch ``kernel`` over n points in ``parts`` (default ``parallel.split``) over the CPU threads
+    (``warp_kernels.parallel``).
 
     ``args`` are the kernel's arguments: tensors with n rows are sliced per part (an empty one stays
-    empty), the depth map (3-D) and scalars are passed whole, and ``accumulator`` (the depth map's
-    gradient) is replaced by a private copy per part, summed afterwards (Warp's CPU atomics are plain
-    adds).
+    empty), the depth map (3-D) and scalars are passed whole, and a ``parallel.Accumulator`` (the depth
+    map's gradient, made for these parts) gives each part its own (Warp's CPU atomics are plain adds).
     """
     wp.init()  # no-op after the first call; Warp is never initialized at import
-    device = args[0].device
-    parts = parallel.split(device, n)
-    sums = parallel.private_zeros(accumulator, len(parts)) if accumulator is not None else None
+    device = next(a for a in args if torch.is_tensor(a)).device
+    parts = parallel.split(device, n) if parts is None else parts
 
     def job(k):
         sl = parts[k]
         tensors = []
         for a in args:
-            if a is accumulator and sums is not None:
-                a = sums[k]
+            if isinstance(a, parallel.Accumulator):
+                a = a.part(k)
             elif torch.is_tensor(a) and a.dim() < 3 and a.shape[0] == n:
                 a = a[sl]
             tensors.append(a)
         parallel.launch(kernel, sl.stop - sl.start, tensors)
 
     parallel.run(device, __name__, list(range(len(parts))), job)
-    if sums is not None:
-        parallel.reduce_parts(sums)
 
 
 class PCFVisibility(torch.autograd.Function):
@@ -229,13 +226,14 @@ class PCFVisibility(torch.autograd.Function):
     def backward(ctx, adj_visibility):
         depth_map, coords, depth, batch_index, taps = ctx.saved_tensors
         n = depth.shape[0]
-        adj_map = torch.zeros_like(depth_map)  # accumulated with atomics
+        parts = parallel.split(depth.device, n)
+        adj_map = parallel.Accumulator(depth_map, len(parts))  # accumulated with atomics
         adj_coords, adj_depth = torch.empty_like(coords), torch.empty_like(depth)  # written per point
         if n:
             point = [depth_map, coords, depth, batch_index, *ctx.constants]
             grads = [adj_visibility.contiguous(), taps, adj_map, adj_coords, adj_depth]
-            _launch_parts(_pcf_backward, n, [*point, *grads], accumulator=adj_map)
-        return adj_map, adj_coords, adj_depth, None, None, None
+            _launch_parts(_pcf_backward, n, [*point, *grads], parts)
+        return adj_map.total(), adj_coords, adj_depth, None, None, None
 
 
 # ------------------------------------------------------------------- light-view projection of points
@@ -344,18 +342,18 @@ class LightProjection(torch.autograd.Function):
         adj_depth = torch.zeros_like(points[:, 0]) if adj_depth is None else adj_depth.contiguous()
         adj_points = torch.empty_like(points)
         parts = parallel.split(points.device, n)
-        rotations = parallel.private_zeros(torch.zeros_like(rotation), len(parts))
-        eyes = parallel.private_zeros(torch.zeros_like(eye), len(parts))
+        rotations = parallel.Accumulator(rotation, len(parts))
+        eyes = parallel.Accumulator(eye, len(parts))
 
         def job(k):
             sl = parts[k]
             tensors = [points[sl], batch_index[sl], rotation, eye, focal, adj_coords[sl], adj_depth[sl]]
-            tensors += [adj_points[sl], rotations[k], eyes[k]]
+            tensors += [adj_points[sl], rotations.part(k), eyes.part(k)]
             parallel.launch(_project_backward, sl.stop - sl.start, tensors)
 
         if n:
             parallel.run(points.device, __name__, list(range(len(parts))), job)
-        return adj_points, None, parallel.reduce_parts(rotations), parallel.reduce_parts(eyes), None, None
+        return adj_points, None, rotations.total(), eyes.total(), None, None
 
 
 def project_points(

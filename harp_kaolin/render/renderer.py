@@ -21,7 +21,7 @@ N covered pixels.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -458,22 +458,33 @@ class Renderer(torch.nn.Module):
             if warp
             else (self.faces, self.face_uvs, self.face_wedges, self.wedge_vertex)
         )
-        frags = rasterize_mesh(self.camera, vertices, faces, self.backend, **self.raster_options)
-        frames = surface_frames(vertices, faces, self.uvs, face_uvs, face_wedges, wedge_vertex, self.backend)
+        # Warp: each tensor that feeds several ops goes to each through its own alias (parallel.fan_out),
+        # so their gradients are summed on one thread instead of by the autograd engine on all of them.
+        v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4) if warp else (vertices,) * 4
+        frags = rasterize_mesh(self.camera, v_raster, faces, self.backend, **self.raster_options)
+        frames = surface_frames(v_frames, faces, self.uvs, face_uvs, face_wedges, wedge_vertex, self.backend)
         topology = (faces, self.uvs, face_uvs, face_wedges, self.signs)
+        shade_frags = frags
         if warp:
-            pixels = interpolate_positions(frags, vertices, faces)
+            bary_pixels, bary_shade = parallel.fan_out(frags.barycentrics, 2)
+            pixels = interpolate_positions(replace(frags, barycentrics=bary_pixels), v_pixels, faces)
+            shade_frags = replace(frags, barycentrics=bary_shade)
         else:
-            pixels = interpolate_pixels(frags, vertices, frames, *topology)
+            pixels = interpolate_pixels(frags, v_pixels, frames, *topology)
         vis = None
+        shade_pixels_in = pixels
         if self.shadows:
+            position = pixels.position
+            if warp:
+                position, shade_position = parallel.fan_out(position, 2)
+                shade_pixels_in = replace(pixels, position=shade_position)
             vis = shadow_visibility(
-                vertices, faces, pixels.position, pixels.batch_index, light, self.shadow_size,
+                v_shadow, faces, position, pixels.batch_index, light, self.shadow_size,
                 self.shadow_sharpness, self.shadow_bias, backend=self.backend,
             )  # fmt: skip
         if warp:
             colour, normals = shade_pixels_fused(
-                frags, pixels, frames, *topology, albedo, normal_map, light, ambient, vis
+                shade_frags, shade_pixels_in, frames, *topology, albedo, normal_map, light, ambient, vis
             )
             image = warp_composite(colour, pixels.flat_index, frags.soft_mask, self._background(colour))
         else:

@@ -223,7 +223,7 @@ def shadow_map(
         if unknown:
             raise ValueError(f"unknown DIB-R arguments {sorted(unknown)}")
         options = {k: v for k, v in raster_options.items() if k in ("multiplier", "eps")}
-        return -depth_map(view.size, view.size, fvz, fvi, fvz, fnz, -view.far, **options)
+        return depth_map(view.size, view.size, fvz, fvi, fvz, fnz, view.far, scale=-1.0, **options)
     # -depth of the corners (a view of fvz) is interpolated as the feature
     out = rasterize_packed(
         view.size, view.size, fvz, fvi, fvz[..., None], fnz, backend=backend, soft_mask=False,
