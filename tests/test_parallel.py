@@ -251,6 +251,29 @@ def test_accumulator_total_is_the_sum_of_the_parts(two_threads, parts):
     assert torch.equal(untouched.total(), torch.zeros(like.shape))
 
 
+def test_totals_sums_several_accumulators_in_one_run(two_threads, monkeypatch):
+    """``totals`` gives each accumulator's serial sum, bit for bit, from one ``run`` for all of them (a large
+    and a small one, one never taken)."""
+    cpu = torch.device("cpu")
+    shapes = [(4, 100_000), (7,), (3, 3)]
+    accs = [parallel.Accumulator(torch.empty(shape), 2) for shape in shapes]
+    gen = torch.Generator().manual_seed(7)
+    adds = [[torch.randn(shape, generator=gen) for _ in range(2)] for shape in shapes]
+
+    def job(k):
+        for acc, a in zip(accs[:2], adds[:2]):
+            acc.part(k).add_(a[k])
+
+    parallel.run(cpu, None, [0, 1], job)
+    runs = []
+    real_run = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda *a: runs.append(len(a[2])) or real_run(*a))
+    got = parallel.totals(accs)
+    assert runs == [2]
+    assert torch.equal(got[0], adds[0][0] + adds[0][1]) and torch.equal(got[1], adds[1][0] + adds[1][1])
+    assert torch.equal(got[2], torch.zeros(3, 3))
+
+
 @needs_openmp
 def test_renderer_backward_runs_no_parallel_torch_op(two_threads, anny_hand_sub):
     """No torch op that computes runs on more than one thread in the Warp renderer's forward or backward:

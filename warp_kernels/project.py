@@ -10,10 +10,11 @@ coordinates, z > 0),
     face_normals_z[b, f]            = cos(outward normal, direction from the centroid to the eye)
 
 computed with the same float operations in the same order as the torch function, so both give the same
-bits (no FMA contraction here). The facing cosine carries no gradient, as in the torch function. The
-backward scatters the corner gradients of ``face_vertices_z`` and ``face_vertices_image`` to the points
-with a hand-written adjoint; on CPU the batch is split over threads (``warp_kernels.parallel``), whole
-items per thread, so no two threads ever add into the same point.
+bits (no FMA contraction here). Each point is projected once (``_project_vertices``) and its faces
+gather it. The facing cosine carries no gradient, as in the torch function. The backward sums the
+corner gradients of ``face_vertices_z`` and ``face_vertices_image`` per point, then applies the
+projection's derivative once per point (hand-written adjoints); on CPU the batch is split over threads
+(``warp_kernels.parallel``), whole items per thread, so no two threads ever add into the same point.
 
 It replaces, for the Warp backend, a gather of 3 x F corners from V points per item and some thirty
 elementwise torch operations over B x F faces (and their backward index_add).
@@ -36,43 +37,58 @@ FACE_CHUNK = 64  # faces per CPU kernel thread (a 2D launch divides per thread t
 
 
 @wp.kernel
-def _project_faces(
+def _project_vertices(
     points: wp.array3d(dtype=Any),
-    faces: wp.array2d(dtype=wp.int32),
     fx: Any,
     fy: Any,
     cx: Any,
     cy: Any,
     width: Any,
     height: Any,
+    ndc: wp.array3d(dtype=Any),
+    chunk: int,
+):
+    """NDC position of ``chunk`` points per thread (each point once: its faces gather it)."""
+    b, q = wp.tid()
+    two = type(fx)(2.0)
+    one = type(fx)(1.0)
+    for v in range(q * chunk, wp.min(q * chunk + chunk, points.shape[1])):
+        z = points[b, v, 2]
+        u = fx * points[b, v, 0] / z + cx
+        w = fy * points[b, v, 1] / z + cy
+        ndc[b, v, 0] = two * u / width - one
+        ndc[b, v, 1] = one - two * w / height
+
+
+@wp.kernel
+def _project_faces(
+    points: wp.array3d(dtype=Any),
+    ndc: wp.array3d(dtype=Any),
+    faces: wp.array2d(dtype=wp.int32),
     fvz: wp.array3d(dtype=Any),
     fvi: wp.array4d(dtype=Any),
     fnz: wp.array2d(dtype=Any),
     chunk: int,
 ):
-    """Rasterizer inputs of ``chunk`` faces per thread (a thread per face costs more on CPU)."""
+    """Rasterizer inputs of ``chunk`` faces per thread (a thread per face costs more on CPU): the corners'
+    ``-z`` and NDC positions (``_project_vertices``) and the facing cosine."""
     b, q = wp.tid()
     for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
         i0 = faces[f, 0]
         i1 = faces[f, 1]
         i2 = faces[f, 2]
-        two = type(fx)(2.0)
-        one = type(fx)(1.0)
         for k in range(3):
             v = faces[f, k]
-            z = points[b, v, 2]
-            u = fx * points[b, v, 0] / z + cx
-            w = fy * points[b, v, 1] / z + cy
-            fvz[b, f, k] = -z
-            fvi[b, f, k, 0] = two * u / width - one
-            fvi[b, f, k, 1] = one - two * w / height
+            fvz[b, f, k] = -points[b, v, 2]
+            fvi[b, f, k, 0] = ndc[b, v, 0]
+            fvi[b, f, k, 1] = ndc[b, v, 1]
         # facing cosine, operation for operation as camera.face_inputs
         p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
         p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
         p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
         e1 = p1 - p0
         e2 = p2 - p0
-        three = type(fx)(3.0)
+        three = type(p0[0])(3.0)
         nx = e1[1] * e2[2] - e1[2] * e2[1]
         ny = e1[2] * e2[0] - e1[0] * e2[2]
         nz = e1[0] * e2[1] - e1[1] * e2[0]
@@ -82,41 +98,55 @@ def _project_faces(
         dot = nx * tx + ny * ty + nz * tz
         n2 = nx * nx + ny * ny + nz * nz
         t2 = tx * tx + ty * ty + tz * tz
-        fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(fx)(TINY))
+        fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(p0[0])(TINY))
 
 
 @wp.kernel
 def _project_faces_backward(
-    points: wp.array3d(dtype=Any),
     faces: wp.array2d(dtype=wp.int32),
+    adj_fvz: wp.array3d(dtype=Any),
+    adj_fvi: wp.array4d(dtype=Any),
+    adj_ndc: wp.array3d(dtype=Any),
+    adj_points: wp.array3d(dtype=Any),
+    chunk: int,
+):
+    """The corners' gradients summed per point: NDC ones into ``adj_ndc``, minus those of ``fvz``
+    (``-z``) into ``adj_points``'s z (both come zeroed); ``adj_fvz`` may be empty."""
+    b, q = wp.tid()
+    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
+        for k in range(3):
+            v = faces[f, k]
+            wp.atomic_add(adj_ndc, b, v, 0, adj_fvi[b, f, k, 0])
+            wp.atomic_add(adj_ndc, b, v, 1, adj_fvi[b, f, k, 1])
+            if adj_fvz.shape[0] > 0:
+                wp.atomic_sub(adj_points, b, v, 2, adj_fvz[b, f, k])
+
+
+@wp.kernel
+def _project_vertices_backward(
+    points: wp.array3d(dtype=Any),
     fx: Any,
     fy: Any,
     width: Any,
     height: Any,
-    adj_fvz: wp.array3d(dtype=Any),
-    adj_fvi: wp.array4d(dtype=Any),
+    adj_ndc: wp.array3d(dtype=Any),
     adj_points: wp.array3d(dtype=Any),
     chunk: int,
 ):
-    """adj_points[b, v] += d(fvz, fvi)/d(points) of every face corner at v; adj_fvz may be empty."""
+    """adj_points[b, v] += d ndc / d points of the summed NDC gradient of point v."""
     b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        two = type(fx)(2.0)
-        sx = two * fx / width  # d ndc_x / d (x / z)
-        sy = two * fy / height  # -d ndc_y / d (y / z)
-        for k in range(3):
-            v = faces[f, k]
-            x = points[b, v, 0]
-            y = points[b, v, 1]
-            z = points[b, v, 2]
-            gx = adj_fvi[b, f, k, 0] * sx / z
-            gy = adj_fvi[b, f, k, 1] * sy / z
-            gz = gy * y / z - gx * x / z
-            if adj_fvz.shape[0] > 0:
-                gz = gz - adj_fvz[b, f, k]
-            wp.atomic_add(adj_points, b, v, 0, gx)
-            wp.atomic_add(adj_points, b, v, 1, -gy)
-            wp.atomic_add(adj_points, b, v, 2, gz)
+    two = type(fx)(2.0)
+    sx = two * fx / width  # d ndc_x / d (x / z)
+    sy = two * fy / height  # -d ndc_y / d (y / z)
+    for v in range(q * chunk, wp.min(q * chunk + chunk, points.shape[1])):
+        x = points[b, v, 0]
+        y = points[b, v, 1]
+        z = points[b, v, 2]
+        gx = adj_ndc[b, v, 0] * sx / z
+        gy = adj_ndc[b, v, 1] * sy / z
+        adj_points[b, v, 0] = adj_points[b, v, 0] + gx
+        adj_points[b, v, 1] = adj_points[b, v, 1] - gy
+        adj_points[b, v, 2] = adj_points[b, v, 2] + (gy * y / z - gx * x / z)
 
 
 @wp.kernel
@@ -275,18 +305,22 @@ class _ProjectFaces(torch.autograd.Function):
     def forward(ctx, points, faces, intrinsics, size):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         points = points.detach().contiguous()
-        batch, count = points.shape[0], faces.shape[0]
+        batch, count, n = points.shape[0], faces.shape[0], points.shape[1]
         fx, fy, cx, cy = (parallel.scalar(points.dtype, v) for v in intrinsics)
         width, height = (parallel.scalar(points.dtype, float(v)) for v in size)
         fvz = points.new_empty(batch, count, 3)
         fvi = points.new_empty(batch, count, 3, 2)
         fnz = points.new_empty(batch, count)
+        ndc = points.new_empty(batch, n, 2)
         chunk = FACE_CHUNK if points.device.type == "cpu" else 1
-        threads = -(-count // chunk)
+        threads, point_threads = -(-count // chunk), -(-n // chunk)
 
         def job(sl):
-            inputs = [points[sl], faces, fx, fy, cx, cy, width, height, fvz[sl], fvi[sl], fnz[sl], chunk]
-            parallel.launch_tensors(_project_faces, (sl.stop - sl.start, threads), inputs, points.device)
+            items, device = sl.stop - sl.start, points.device
+            inputs = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], chunk]
+            parallel.launch_tensors(_project_vertices, (items, point_threads), inputs, device)
+            inputs = [points[sl], ndc[sl], faces, fvz[sl], fvi[sl], fnz[sl], chunk]
+            parallel.launch_tensors(_project_faces, (items, threads), inputs, device)
 
         if batch and count:
             parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
@@ -302,24 +336,29 @@ class _ProjectFaces(torch.autograd.Function):
         points, faces = ctx.saved_tensors
         if adj_fvz is None and adj_fvi is None:
             return None, None, None, None
-        adj_points = torch.zeros_like(points)
-        batch, count = points.shape[0], faces.shape[0]
+        batch, count, n = points.shape[0], faces.shape[0], points.shape[1]
+        adj_points = torch.empty_like(points)
+        adj_ndc = points.new_empty(batch, n, 2)
         if adj_fvi is None:
             adj_fvi = points.new_zeros(batch, count, 3, 2)
         adj_fvi = adj_fvi.contiguous()
         adj_fvz = points.new_zeros(0, 1, 1) if adj_fvz is None else adj_fvz.contiguous()
         chunk = FACE_CHUNK if points.device.type == "cpu" else 1
-        threads = -(-count // chunk)
+        threads, point_threads = -(-count // chunk), -(-n // chunk)
 
         def job(sl):
+            items, device = sl.stop - sl.start, points.device
+            acc_ndc, acc_points = adj_ndc[sl].zero_(), adj_points[sl].zero_()
             fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
-            inputs = [points[sl], faces, *ctx.constants, fvz, adj_fvi[sl], adj_points[sl], chunk]
-            parallel.launch_tensors(
-                _project_faces_backward, (sl.stop - sl.start, threads), inputs, points.device
-            )
+            inputs = [faces, fvz, adj_fvi[sl], acc_ndc, acc_points, chunk]
+            parallel.launch_tensors(_project_faces_backward, (items, threads), inputs, device)
+            inputs = [points[sl], *ctx.constants, acc_ndc, acc_points, chunk]
+            parallel.launch_tensors(_project_vertices_backward, (items, point_threads), inputs, device)
 
         if batch and count:
             parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
+        else:
+            adj_points.zero_()
         return adj_points, None, None, None
 
 

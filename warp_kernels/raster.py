@@ -1368,13 +1368,14 @@ class _DibrRasterization(torch.autograd.Function):
             for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
         ]
         setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, knum, boxlen * multiplier)
-        vim = fvi * multiplier
+        vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
         soft = torch.empty((batch, height, width), dtype=dtype, device=device)
         dense = (0,) if options.packed else (batch, height, width, feats.shape[-1])
         out = (torch.empty if options.packed else torch.zeros)(dense, dtype=dtype, device=device)
         face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
 
         def job(launch, sl):
+            torch.mul(fvi[sl], multiplier, out=vim[sl])
             views = [t[sl] for t in (fvz, vim, feats, fnz, soft, face_idx)]
             views.insert(5, out if options.packed else out[sl])
             return _forward_part(launch, *views, setup, options)
@@ -1402,14 +1403,14 @@ class _DibrRasterization(torch.autograd.Function):
         need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         if grad_out is None:
             need_feats = False
-        grad_vi = torch.zeros_like(fvi) if need_vi else None
-        grad_feats = torch.zeros_like(feats) if need_feats else None
         grad_out = grad_out.contiguous() if grad_out is not None and (need_vi or need_feats) else None
         grad_soft = grad_soft.contiguous() if grad_soft is not None and need_vi else None
         if grad_out is None and grad_soft is None:
-            return None, None, None, grad_vi, grad_feats, *([None] * 7)
-        if grad_vi is None:  # the kernels always take a grad_vi target
-            grad_vi = torch.zeros_like(fvi)
+            grad_vi = torch.zeros_like(fvi) if need_vi else None
+            return None, None, None, grad_vi, torch.zeros_like(feats) if need_feats else None, *([None] * 7)
+        # zeroed by each part (its slice), then accumulated; the kernels always take a grad_vi target
+        grad_vi = torch.empty_like(fvi)
+        grad_feats = torch.empty_like(feats) if need_feats else None
         rows = getattr(ctx, "rows", None)
         ends = torch.tensor(rows).cumsum(0).tolist() if rows is not None else None
 
@@ -1418,7 +1419,8 @@ class _DibrRasterization(torch.autograd.Function):
             g_out = None
             if grad_out is not None:
                 g_out = grad_out[sl] if ends is None else grad_out[ends[k] - rows[k] : ends[k]]
-            grads = [g_out] + [None if g is None else g[sl] for g in (grad_soft, grad_vi, grad_feats)]
+            grads = [g_out, None if grad_soft is None else grad_soft[sl]]
+            grads += [None if g is None else g[sl].zero_() for g in (grad_vi, grad_feats)]
             _backward_part(launch, (fvi[sl], vim[sl], feats[sl], saved), *grads, ctx.setup)
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
@@ -1443,10 +1445,11 @@ class _DepthMap(torch.autograd.Function):
             parallel.scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)
         ]
         setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, 1, 0.0)
-        vim = fvi * multiplier
+        vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
         out = torch.empty((batch, height, width), dtype=dtype, device=device)
 
         def job(launch, sl):
+            torch.mul(fvi[sl], multiplier, out=vim[sl])
             fidx = _hard_search(launch, vim[sl], fvz[sl], fnz[sl], setup)
             args = [
                 _wp(vim[sl].view(-1)),
@@ -1475,12 +1478,13 @@ class _DepthMap(torch.autograd.Function):
         if grad_out is None or not (need_vi or need_values):
             return (None,) * 10
         grad_out = grad_out.contiguous()
-        grad_vi = torch.zeros_like(fvi)
-        grad_values = torch.zeros_like(values) if need_values else None
+        grad_vi = torch.empty_like(fvi)  # each part zeroes its slice
+        grad_values = torch.empty_like(values) if need_values else None
 
         def job(launch, k):
             sl, fidx = ctx.parts[k]
-            grad_feats = grad_values[sl, ..., None] if grad_values is not None else None
+            grad_vi[sl].zero_()
+            grad_feats = grad_values[sl, ..., None].zero_() if grad_values is not None else None
             args = [
                 fvi[sl],
                 vim[sl],

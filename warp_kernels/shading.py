@@ -390,7 +390,7 @@ class FusedShade(torch.autograd.Function):
         if g_position.shape[0]:
             per_pixel = [adj_colour.contiguous(), adj_shading_normal.contiguous(), g_bary, g_position]
             _shade_parts(_shade_backward, floats, ctx.topo, [*per_pixel, g_visibility], shared, parts)
-        grads = [g_bary, g_position, *(acc.total() for acc in shared), g_visibility]
+        grads = [g_bary, g_position, *parallel.totals(shared), g_visibility]
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
 
 

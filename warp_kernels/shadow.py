@@ -353,7 +353,7 @@ class LightProjection(torch.autograd.Function):
 
         if n:
             parallel.run(points.device, __name__, list(range(len(parts))), job)
-        return adj_points, None, rotations.total(), eyes.total(), None, None
+        return adj_points, None, *parallel.totals([rotations, eyes]), None, None
 
 
 def project_points(
