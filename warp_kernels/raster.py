@@ -53,6 +53,7 @@ Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand)
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -1065,6 +1066,17 @@ def pixel_centres(height: int, width: int, multiplier: float, dtype: torch.dtype
     Returns:
         xs (W,) increasing with the column, ys (H,) decreasing with the row (y up), in ``dtype``.
     """
+    return _compute_centres(height, width, float(multiplier), dtype, device)
+
+
+@functools.lru_cache(maxsize=16)
+def _centres(height: int, width: int, multiplier: float, dtype: torch.dtype, device: torch.device) -> tuple:
+    """``pixel_centres`` and ys reversed (increasing), kept between calls for the kernels (read-only)."""
+    xs, ys = _compute_centres(height, width, multiplier, dtype, device)
+    return xs, ys, ys.flip(0).contiguous()
+
+
+def _compute_centres(height: int, width: int, multiplier: float, dtype: torch.dtype, device) -> tuple:
     m = torch.tensor(multiplier, dtype=torch.float32, device=device)
     cols = torch.arange(width, device=device, dtype=torch.float32)
     rows = torch.arange(height, device=device, dtype=torch.float32)
@@ -1362,12 +1374,12 @@ class _DibrRasterization(torch.autograd.Function):
         batch = fvi.shape[0]
         fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
         fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
-        xs, ys = pixel_centres(height, width, multiplier, dtype, device)
+        xs, ys, ys_up = _centres(height, width, float(multiplier), dtype, device)
         scalars = [
             parallel.scalar(dtype, v)
             for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
         ]
-        setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, knum, boxlen * multiplier)
+        setup = _Setup(xs, ys, ys_up, *scalars, knum, boxlen * multiplier)
         vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
         soft = torch.empty((batch, height, width), dtype=dtype, device=device)
         dense = (0,) if options.packed else (batch, height, width, feats.shape[-1])
@@ -1440,11 +1452,11 @@ class _DepthMap(torch.autograd.Function):
         if scale != 1.0:  # the map interpolates the scaled values (here, on one thread: no torch op after)
             values = values * scale
         fvz, fnz, empty = fvz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
-        xs, ys = pixel_centres(height, width, multiplier, dtype, device)
+        xs, ys, ys_up = _centres(height, width, float(multiplier), dtype, device)
         scalars = [
             parallel.scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)
         ]
-        setup = _Setup(xs, ys, ys.flip(0).contiguous(), *scalars, 1, 0.0)
+        setup = _Setup(xs, ys, ys_up, *scalars, 1, 0.0)
         vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
         out = torch.empty((batch, height, width), dtype=dtype, device=device)
 

@@ -189,6 +189,9 @@ def _shade(
     chunk: int,
 ):
     q = wp.tid()
+    # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
+    item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
+    k_a = ambient[0] * type(ambient[0])(0.0)
     for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
         b = batch_index[tid]
         f = face[tid]
@@ -216,7 +219,9 @@ def _shade(
         cos = wp.max(wp.dot(_unit(lp - _row(position, tid), eps), ns), zero)
         if visibility.shape[0] > 0:
             cos = cos * visibility[tid]
-        k_a = one / (one + wp.exp(-ambient[b]))
+        if b != item:
+            k_a = one / (one + wp.exp(-ambient[b]))
+            item = b
         k = k_a + (one - k_a) * cos
         for c in range(3):
             colour[tid, c] = rgb[c] * k
@@ -257,6 +262,9 @@ def _shade_backward(
     """Adjoint of ``_shade``: per-pixel gradients are written, the shared ones (frames, textures, light,
     ambient) accumulated."""
     q = wp.tid()
+    # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
+    item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
+    k_a = ambient[0] * type(ambient[0])(0.0)
     for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
         b = batch_index[tid]
         f = face[tid]
@@ -310,7 +318,9 @@ def _shade_backward(
         vis = one
         if visibility.shape[0] > 0:
             vis = visibility[tid]
-        k_a = one / (one + wp.exp(-ambient[b]))
+        if b != item:
+            k_a = one / (one + wp.exp(-ambient[b]))
+            item = b
         k = k_a + (one - k_a) * cos * vis
         # colour = rgb * k
         g_colour = _row(adj_colour, tid)
