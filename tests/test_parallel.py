@@ -168,9 +168,7 @@ def test_parallel_torch_op_on_a_helper_starts_no_openmp_team(two_threads, monkey
     (A helper with its own OpenMP team would leave more OpenMP threads than cores, and libgomp then stops
     spin-waiting, which made every later parallel torch op in the process about 50% slower here.)"""
     monkeypatch.setattr(parallel, "SERIAL_TORCH", serial)
-    if parallel._POOL:  # a fresh helper thread, set up under this test's switch
-        parallel._POOL[0].shutdown(wait=True)
-        parallel._POOL.clear()
+    parallel._HELPERS.clear()  # a fresh helper thread, set up under this test's switch (the old one idles)
     cpu = torch.device("cpu")
     x = torch.rand(4_000_000)
 
@@ -311,3 +309,49 @@ def test_renderer_backward_runs_no_parallel_torch_op(two_threads, anny_hand_sub)
         out.image.backward(weights)
     assert found == []
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (*leaves, light))
+
+
+def test_run_errors_nesting_and_concurrent_callers(two_threads):
+    """A helper's exception reaches the caller, the caller's own error wins after waiting for the helpers,
+    a run inside a job and runs from two threads at once complete (alone when the pool is busy), and the
+    pool keeps working after each."""
+    cpu = torch.device("cpu")
+
+    def fail_on(k_bad):
+        def job(k):
+            if k == k_bad:
+                raise ValueError(f"part {k}")
+            return k
+
+        return job
+
+    with pytest.raises(ValueError, match="part 1"):
+        parallel.run(cpu, None, [0, 1], fail_on(1))
+    finished = []
+
+    def slow_then_fail(k):
+        if k == 0:
+            raise KeyError("caller")
+        threading.Event().wait(0.05)
+        finished.append(k)
+
+    with pytest.raises(KeyError, match="caller"):
+        parallel.run(cpu, None, [0, 1], slow_then_fail)
+    assert finished == [1]  # the caller waited for its helper before raising
+    nested = parallel.run(
+        cpu, None, [0, 1], lambda k: parallel.run(cpu, None, [10 * k, 10 * k + 1], lambda j: j)
+    )
+    assert nested == [[0, 1], [10, 11]]
+    results = {}
+
+    def caller(name):
+        results[name] = [parallel.run(cpu, None, [0, 1, 2], lambda k: (name, k)) for _ in range(50)]
+
+    threads = [threading.Thread(target=caller, args=(name,)) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in "ab":
+        assert results[name] == [[(name, 0), (name, 1), (name, 2)]] * 50
+    assert parallel.run(cpu, None, [0, 1], fail_on(-1)) == [0, 1]
