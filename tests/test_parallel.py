@@ -355,3 +355,23 @@ def test_run_errors_nesting_and_concurrent_callers(two_threads):
     for name in "ab":
         assert results[name] == [[(name, 0), (name, 1), (name, 2)]] * 50
     assert parallel.run(cpu, None, [0, 1], fail_on(-1)) == [0, 1]
+
+
+def test_run_launches_runs_each_parts_steps_in_order(two_threads):
+    """Launches prepared on the calling thread run on their part's thread after the part's earlier steps
+    (a callable zeroing the output first): each part's result is its own call's, as launched alone."""
+    cpu = torch.device("cpu")
+    height, width, window = 6, 5, [1, 5, 0, 4]
+    inputs = [finish_inputs(2, height, width, window, seed) for seed in (20, 21, 22)]
+    expected = [finish_reference(fidx, soft, w, height, width) for fidx, soft, w in inputs]
+    parts, products = [], []
+    for fidx, soft, w in inputs:
+        product = torch.full_like(soft, float("nan"))
+        args = [fidx, height, width, w, soft, product]
+        parts.append([product.zero_, (_soft_finish, 2 * 4 * 4, args)])
+        products.append(product)
+    parallel.run_launches(cpu, _soft_finish.module.name, parts)
+    for (_, soft, _), product, (ref_soft, ref_product) in zip(inputs, products, expected):
+        torch.testing.assert_close(soft, ref_soft, rtol=0, atol=0)
+        torch.testing.assert_close(product, ref_product, rtol=0, atol=0)
+    parallel.run_launches(cpu, _soft_finish.module.name, [])  # nothing to run

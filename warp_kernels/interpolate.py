@@ -92,12 +92,18 @@ class _Interpolate(torch.autograd.Function):
         out = values.new_empty(bary.shape[0], values.shape[2])
         parts = parallel.split(bary.device, bary.shape[0])
 
-        def job(sl):
-            args = [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]]
-            parallel.launch(_interpolate, sl.stop - sl.start, args)
-
+        steps = [
+            [
+                (
+                    _interpolate,
+                    sl.stop - sl.start,
+                    [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]],
+                )
+            ]
+            for sl in parts
+        ]
         if bary.shape[0]:
-            parallel.run(bary.device, __name__, parts, job)
+            parallel.run_launches(bary.device, __name__, steps)
         ctx.save_for_backward(bary, values, batch_index, face, faces)
         return out
 
@@ -109,14 +115,12 @@ class _Interpolate(torch.autograd.Function):
         adj_bary = torch.empty_like(bary)
         parts = parallel.split(bary.device, bary.shape[0])
         sums = parallel.Accumulator(values, len(parts))
-
-        def job(k):
-            sl = parts[k]
-            tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl]]
-            parallel.launch(_interpolate_backward, sl.stop - sl.start, [*tensors, sums.part(k)])
-
-        if bary.shape[0]:
-            parallel.run(bary.device, __name__, list(range(len(parts))), job)
+        steps = []
+        for k, sl in enumerate(parts if bary.shape[0] else []):
+            acc = sums.part(k, zero=False)  # zeroed by the part itself
+            tensors = [bary[sl], batch_index[sl], face[sl], faces, values, adj_out[sl], adj_bary[sl], acc]
+            steps.append([acc.zero_, (_interpolate_backward, sl.stop - sl.start, tensors)])
+        parallel.run_launches(bary.device, __name__, steps)
         return adj_bary, sums.total(), None, None, None
 
 

@@ -226,6 +226,15 @@ def launch_tensors(kernel, dim, args: list, device: torch.device) -> None:
     launch of the kernel (``wp.launch(record_cmd=True)``, with the new dimensions and arguments set in
     place), which skips most of ``wp.launch``'s per-call work.
     """
+    command = _command(kernel, dim, args, device, None)
+    if command is not None:
+        command.launch()
+
+
+def _command(kernel, dim, args: list, device: torch.device, slot):
+    """``launch_tensors`` up to the launch: on CPU the calling thread's recorded launch for (the concrete
+    kernel, ``slot``) with ``dim`` and ``args`` set, or None when it has nothing to run; on CUDA it
+    launches and returns None."""
     tensor = torch.Tensor
     scalar = wp.float32
     for a in args:
@@ -252,19 +261,54 @@ def launch_tensors(kernel, dim, args: list, device: torch.device) -> None:
     if device.type != "cpu":
         stream = wp.stream_from_torch(device)
         wp.launch(concrete, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
-        return
+        return None
     if (dim if isinstance(dim, int) else math.prod(dim)) <= 0:
-        return
+        return None
     commands = _THREAD.__dict__.setdefault("commands", {})
-    command = commands.get(concrete)
+    key = (concrete, slot)
+    command = commands.get(key)
     if command is None:
         command = wp.launch(concrete, dim=dim, inputs=inputs, device="cpu", record_cmd=True)
-        commands[concrete] = command
+        commands[key] = command
     else:
         command.set_dim(dim)
         for i, a in enumerate(inputs):
             command.set_param_at_index_from_ctype(i, a)
-    command.launch()
+    return command
+
+
+def run_launches(device: torch.device, module: str, parts: Sequence[Sequence]) -> None:
+    """Each part's steps in order, the parts at the same time (``run``). A step is a launch
+    ``(kernel, dim, args)`` (as ``launch_tensors``) or a callable (e.g. an accumulator's ``zero_``).
+
+    The arguments of every launch of every part are converted first, on the calling thread: a helper
+    then holds the GIL only to start its launches, instead of converting its own while the caller's part
+    runs and the run waits for the helper's late start (about 0.1 ms per run here).
+    """
+    if not parts:
+        return
+    if device.type != "cpu" or len(parts) == 1:
+        for part in parts:
+            for step in part:
+                step() if callable(step) else launch_tensors(*step, device)
+        return
+    prepared = []
+    for k, part in enumerate(parts):
+        steps = []
+        for i, step in enumerate(part):
+            if callable(step):
+                steps.append(step)
+                continue
+            command = _command(*step, device, (k, i))
+            if command is not None:
+                steps.append(command.launch)
+        prepared.append(steps)
+
+    def job(k):
+        for step in prepared[k]:
+            step()
+
+    run(device, module, list(range(len(parts))), job)
 
 
 def launch(kernel, dim: int, args: list) -> None:
@@ -409,10 +453,11 @@ class Accumulator:
         self._buffers = [like.new_empty(like.shape) for _ in range(max(parts, 1))]
         self._taken = [False] * len(self._buffers)
 
-    def part(self, k: int) -> torch.Tensor:
-        """Part k's accumulator, zeroed now."""
+    def part(self, k: int, zero: bool = True) -> torch.Tensor:
+        """Part k's accumulator, zeroed now (``zero=False``: the caller zeroes it before its part runs, e.g.
+        as a step of ``run_launches``)."""
         self._taken[k] = True
-        return self._buffers[k].zero_()
+        return self._buffers[k].zero_() if zero else self._buffers[k]
 
     def total(self) -> torch.Tensor:
         """The sum of the parts' accumulators (in the first one taken)."""

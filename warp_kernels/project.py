@@ -315,15 +315,16 @@ class _ProjectFaces(torch.autograd.Function):
         chunk = FACE_CHUNK if points.device.type == "cpu" else 1
         threads, point_threads = -(-count // chunk), -(-n // chunk)
 
-        def job(sl):
-            items, device = sl.stop - sl.start, points.device
-            inputs = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], chunk]
-            parallel.launch_tensors(_project_vertices, (items, point_threads), inputs, device)
-            inputs = [points[sl], ndc[sl], faces, fvz[sl], fvi[sl], fnz[sl], chunk]
-            parallel.launch_tensors(_project_faces, (items, threads), inputs, device)
-
-        if batch and count:
-            parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
+        steps = []
+        for sl in parallel.split(points.device, batch, min_items=1) if batch and count else []:
+            items = sl.stop - sl.start
+            vertex_args = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], chunk]
+            face_args = [points[sl], ndc[sl], faces, fvz[sl], fvi[sl], fnz[sl], chunk]
+            steps.append([
+                (_project_vertices, (items, point_threads), vertex_args),
+                (_project_faces, (items, threads), face_args),
+            ])  # fmt: skip
+        parallel.run_launches(points.device, __name__, steps)
         ctx.save_for_backward(points, faces)
         ctx.constants = (fx, fy, width, height)
         ctx.mark_non_differentiable(fnz)
@@ -346,18 +347,21 @@ class _ProjectFaces(torch.autograd.Function):
         chunk = FACE_CHUNK if points.device.type == "cpu" else 1
         threads, point_threads = -(-count // chunk), -(-n // chunk)
 
-        def job(sl):
-            items, device = sl.stop - sl.start, points.device
-            acc_ndc, acc_points = adj_ndc[sl].zero_(), adj_points[sl].zero_()
+        steps = []
+        for sl in parallel.split(points.device, batch, min_items=1) if batch and count else []:
+            items = sl.stop - sl.start
+            acc_ndc, acc_points = adj_ndc[sl], adj_points[sl]  # zeroed by the part itself
             fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
-            inputs = [faces, fvz, adj_fvi[sl], acc_ndc, acc_points, chunk]
-            parallel.launch_tensors(_project_faces_backward, (items, threads), inputs, device)
-            inputs = [points[sl], *ctx.constants, acc_ndc, acc_points, chunk]
-            parallel.launch_tensors(_project_vertices_backward, (items, point_threads), inputs, device)
-
-        if batch and count:
-            parallel.run(points.device, __name__, parallel.split(points.device, batch, min_items=1), job)
-        else:
+            face_args = [faces, fvz, adj_fvi[sl], acc_ndc, acc_points, chunk]
+            vertex_args = [points[sl], *ctx.constants, acc_ndc, acc_points, chunk]
+            steps.append([
+                acc_ndc.zero_,
+                acc_points.zero_,
+                (_project_faces_backward, (items, threads), face_args),
+                (_project_vertices_backward, (items, point_threads), vertex_args),
+            ])  # fmt: skip
+        parallel.run_launches(points.device, __name__, steps)
+        if not steps:
             adj_points.zero_()
         return adj_points, None, None, None
 

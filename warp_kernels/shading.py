@@ -415,22 +415,24 @@ def _shade_parts(kernel, floats, topo, per_pixel, shared=(), parts=None) -> None
         parts = parallel.split(device, position.shape[0], min_items=parallel.MIN_ITEMS_PER_PART)
     fixed = [normals, tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light, ambient]
 
-    def job(k):
-        sl = parts[k]
+    steps = []
+    for k, sl in enumerate(parts):
         pixels = [t[sl] for t in (bary, batch_index, face, position)]
         outputs = [t[sl] if t.shape[0] else t for t in (visibility, *per_pixel)]  # visibility may be empty
-        _launch(kernel, sl.stop - sl.start, [*pixels, *fixed, *outputs, *(acc.part(k) for acc in shared)])
+        accumulators = [acc.part(k, zero=False) for acc in shared]
+        launch = _step(kernel, sl.stop - sl.start, [*pixels, *fixed, *outputs, *accumulators])
+        steps.append([*(a.zero_ for a in accumulators), launch])  # zeroed by the part itself
+    parallel.run_launches(device, __name__, steps)
 
-    parallel.run(device, __name__, range(len(parts)), job)
 
-
-def _launch(kernel, items: int | tuple[int, int], args: list) -> None:
-    """Launch ``kernel`` over ``items`` (the last dimension in chunks of ``chunk`` items per thread, the
-    kernel's last argument) on the tensors' device (``parallel.launch_tensors``)."""
+def _step(kernel, items: int | tuple[int, int], args: list) -> tuple:
+    """The launch ``(kernel, dim, args)`` (``parallel.run_launches``) of ``kernel`` over ``items``: the last
+    dimension in chunks of ``chunk`` items per thread (the kernel's last argument), on the tensors'
+    device."""
     device = next(a for a in args if isinstance(a, Tensor)).device
     chunk = CPU_CHUNK if device.type == "cpu" else 1
     dim = (items[0], -(-items[1] // chunk)) if isinstance(items, tuple) else -(-items // chunk)
-    parallel.launch_tensors(kernel, dim, [*args, chunk], device)
+    return kernel, dim, [*args, chunk]
 
 
 def fused_shade(
@@ -775,16 +777,19 @@ class FusedFrames(torch.autograd.Function):
         normals, tangents = vertices.new_empty(b, v, 3), vertices.new_empty(b, w, 3)
         angles = vertices.new_empty(b, f, 3)
 
-        def job(sl):
+        steps = []
+        for sl in _batch_parts(vertices.device, b, f) if b else []:
             items = sl.stop - sl.start
-            an, at, nrm = acc_n[sl].zero_(), acc_t[sl].zero_(), normals[sl]
+            an, at, nrm = acc_n[sl], acc_t[sl], normals[sl]
             mesh = [vertices[sl], uvs, faces, face_uvs, face_wedges]
-            _launch(_face_frames, (items, f), [*mesh, an, at, angles[sl]])
-            _launch(_vertex_normals, (items, v), [an, nrm])
-            _launch(_wedge_tangents, (items, w), [at, nrm, wedge_vertex, tangents[sl]])
-
-        if b:
-            parallel.run(vertices.device, __name__, _batch_parts(vertices.device, b, f), job)
+            steps.append([
+                an.zero_,
+                at.zero_,
+                _step(_face_frames, (items, f), [*mesh, an, at, angles[sl]]),
+                _step(_vertex_normals, (items, v), [an, nrm]),
+                _step(_wedge_tangents, (items, w), [at, nrm, wedge_vertex, tangents[sl]]),
+            ])  # fmt: skip
+        parallel.run_launches(vertices.device, __name__, steps)
         ctx.save_for_backward(vertices, acc_n, acc_t, angles, normals, tangents)
         ctx.topo = topo
         return normals, tangents
@@ -800,16 +805,19 @@ class FusedFrames(torch.autograd.Function):
         adj_acc_n, adj_acc_t = torch.empty_like(acc_n), torch.empty_like(acc_t)  # written per element
         adj_v = torch.empty_like(vertices)  # accumulated: zeroed per part
 
-        def job(sl):
+        steps = []
+        for sl in _batch_parts(vertices.device, b, f) if b else []:
             items = sl.stop - sl.start
             frames = [acc_t[sl], normals[sl], wedge_vertex, tangents[sl]]
-            _launch(_wedge_tangents_backward, (items, w), [*frames, adj_t[sl], adj_acc_t[sl], adj_n[sl]])
-            _launch(_vertex_normals_backward, (items, v), [acc_n[sl], normals[sl], adj_n[sl], adj_acc_n[sl]])
             mesh = [vertices[sl], uvs, faces, face_uvs, face_wedges, angles[sl], adj_acc_n[sl], adj_acc_t[sl]]
-            _launch(_face_frames_backward, (items, f), [*mesh, adj_v[sl].zero_()])
-
-        if b:
-            parallel.run(vertices.device, __name__, _batch_parts(vertices.device, b, f), job)
+            normal_args = [acc_n[sl], normals[sl], adj_n[sl], adj_acc_n[sl]]
+            steps.append([
+                _step(_wedge_tangents_backward, (items, w), [*frames, adj_t[sl], adj_acc_t[sl], adj_n[sl]]),
+                _step(_vertex_normals_backward, (items, v), normal_args),
+                adj_v[sl].zero_,
+                _step(_face_frames_backward, (items, f), [*mesh, adj_v[sl]]),
+            ])  # fmt: skip
+        parallel.run_launches(vertices.device, __name__, steps)
         return adj_v, None
 
 
@@ -944,11 +952,11 @@ def _parts(kernel, n: int, args: list, per_item: tuple[int, ...]) -> None:
         return
     device = args[0].device
     parts = parallel.split(device, n, min_items=parallel.MIN_ITEMS_PER_PART)
-
-    def job(sl):
-        _launch(kernel, sl.stop - sl.start, [a[sl] if i in per_item else a for i, a in enumerate(args)])
-
-    parallel.run(device, __name__, parts, job)
+    steps = []
+    for sl in parts:
+        sliced = [a[sl] if i in per_item else a for i, a in enumerate(args)]
+        steps.append([_step(kernel, sl.stop - sl.start, sliced)])
+    parallel.run_launches(device, __name__, steps)
 
 
 def composite(

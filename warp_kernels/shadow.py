@@ -181,24 +181,24 @@ def _launch_parts(kernel, n: int, args: list, parts: list[slice] | None = None) 
 
     ``args`` are the kernel's arguments: tensors with n rows are sliced per part (an empty one stays
     empty), the depth map (3-D) and scalars are passed whole, and a ``parallel.Accumulator`` (the depth
-    map's gradient, made for these parts) gives each part its own (Warp's CPU atomics are plain adds).
+    map's gradient, made for these parts) gives each part its own, zeroed by the part (Warp's CPU atomics
+    are plain adds).
     """
     wp.init()  # no-op after the first call; Warp is never initialized at import
     device = next(a for a in args if torch.is_tensor(a)).device
     parts = parallel.split(device, n) if parts is None else parts
-
-    def job(k):
-        sl = parts[k]
-        tensors = []
+    steps = []
+    for k, sl in enumerate(parts):
+        tensors, zero = [], []
         for a in args:
             if isinstance(a, parallel.Accumulator):
-                a = a.part(k)
+                a = a.part(k, zero=False)
+                zero.append(a.zero_)
             elif torch.is_tensor(a) and a.dim() < 3 and a.shape[0] == n:
                 a = a[sl]
             tensors.append(a)
-        parallel.launch(kernel, sl.stop - sl.start, tensors)
-
-    parallel.run(device, __name__, list(range(len(parts))), job)
+        steps.append([*zero, (kernel, sl.stop - sl.start, tensors)])
+    parallel.run_launches(device, __name__, steps)
 
 
 class PCFVisibility(torch.autograd.Function):
@@ -323,12 +323,11 @@ class LightProjection(torch.autograd.Function):
         coords, depth = points.new_empty(n, 2), points.new_empty(n)
         parts = parallel.split(points.device, n)
 
-        def job(sl):
+        steps = []
+        for sl in parts if n else []:
             tensors = [points[sl], batch_index[sl], rotation, eye, focal, size / 2, coords[sl], depth[sl]]
-            parallel.launch(_project_forward, sl.stop - sl.start, tensors)
-
-        if n:
-            parallel.run(points.device, __name__, parts, job)
+            steps.append([(_project_forward, sl.stop - sl.start, tensors)])
+        parallel.run_launches(points.device, __name__, steps)
         ctx.save_for_backward(points, batch_index, rotation, eye, focal)
         ctx.mark_non_differentiable(batch_index)
         return coords, depth
@@ -345,14 +344,13 @@ class LightProjection(torch.autograd.Function):
         rotations = parallel.Accumulator(rotation, len(parts))
         eyes = parallel.Accumulator(eye, len(parts))
 
-        def job(k):
-            sl = parts[k]
+        steps = []
+        for k, sl in enumerate(parts if n else []):
+            accumulators = [rotations.part(k, zero=False), eyes.part(k, zero=False)]  # zeroed by the part
             tensors = [points[sl], batch_index[sl], rotation, eye, focal, adj_coords[sl], adj_depth[sl]]
-            tensors += [adj_points[sl], rotations.part(k), eyes.part(k)]
-            parallel.launch(_project_backward, sl.stop - sl.start, tensors)
-
-        if n:
-            parallel.run(points.device, __name__, list(range(len(parts))), job)
+            tensors += [adj_points[sl], *accumulators]
+            steps.append([*(a.zero_ for a in accumulators), (_project_backward, sl.stop - sl.start, tensors)])
+        parallel.run_launches(points.device, __name__, steps)
         return adj_points, None, *parallel.totals([rotations, eyes]), None, None
 
 
