@@ -424,6 +424,44 @@ def test_depth_map_gradcheck_and_split():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def two_threads():
+    """torch (and so the Warp parts) on two CPU threads for the test (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_features_broadcast_over_faces_match_their_copy(two_threads, packed):
+    """Corner features expanded over items and faces (stride 0: the renderer's identity, giving the
+    barycentrics) are read from one copy: the same features, soft mask and gradients, bit for bit, as the
+    contiguous (B, F, 3, D) copy, with the batch split over two threads; with a gradient to the features
+    the expanded tensor gets the summed gradient of its copy."""
+    fvz, fvi, _, fnz = random_scene(batch=3, faces=30, seed=12)
+    corners = torch.rand(3, 2, generator=torch.Generator().manual_seed(3))
+    upstream = torch.Generator().manual_seed(4)
+    fn = raster.dibr_rasterization_packed if packed else raster.dibr_rasterization
+    results = []
+    for broadcast in (True, False):
+        for needs_grad in (False, True):
+            feats = corners.clone().requires_grad_(needs_grad)
+            face_feats = feats.expand(3, 30, 3, 2)
+            vi = fvi.clone().requires_grad_()
+            out, soft, idx, *_ = fn(
+                19, 23, fvz, vi, face_feats if broadcast else face_feats.contiguous(), fnz
+            )
+            weights = torch.rand(out.shape, generator=upstream.manual_seed(5))
+            ((out * weights).sum() + soft.square().sum()).backward()
+            results.append((out, soft, idx, vi.grad, feats.grad))
+    assert (results[0][2] >= 0).any()
+    for broadcast, copy in zip(results[:2], results[2:]):
+        for a, b in zip(broadcast, copy):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert results[1][4] is not None and results[1][4].abs().sum() > 0
+
+
 def test_depth_map_scale_is_negation_without_a_torch_op():
     """scale=-1 gives exactly the negated map of the negated empty value, and the same gradients as a
     negation applied after it (the shadow map's depth from DIB-R's -depth z)."""

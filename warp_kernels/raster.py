@@ -301,6 +301,7 @@ def _write_features(
     feats: wp.array(dtype=Any),
     faces: int,
     dims: int,
+    fstride: int,
     f: int,
     p: int,
     xs: wp.array(dtype=Any),
@@ -309,7 +310,8 @@ def _write_features(
     out: wp.array(dtype=Any),
     row: int,
 ):
-    """Row ``row`` of ``out``: face f's features interpolated at pixel p with Kaolin's barycentrics."""
+    """Row ``row`` of ``out``: face f's features interpolated at pixel p with Kaolin's barycentrics
+    (``fstride`` = 3 * dims, or 0 for corner features shared by every face and item)."""
     b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
     w0, w1, w2, norm = _crosses(
@@ -318,7 +320,7 @@ def _write_features(
     w0 = w0 / norm
     w1 = w1 / norm
     w2 = w2 / norm
-    c = (b * faces + f) * 3 * dims
+    c = (b * faces + f) * fstride
     for d in range(dims):
         out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
 
@@ -329,6 +331,7 @@ def _interpolate(
     feats: wp.array(dtype=Any),
     faces: int,
     dims: int,
+    fstride: int,
     fidx: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
@@ -354,7 +357,7 @@ def _interpolate(
     if covered.shape[0] > 0:
         covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
     if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
-        _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, p)
+        _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, p)
 
 
 @wp.kernel
@@ -377,7 +380,7 @@ def _depth_fill(
         fidx[p] = -1
         out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
         return
-    _write_features(vim, values, faces, 1, f, p, xs, ys, eps, out, p)
+    _write_features(vim, values, faces, 1, 3, f, p, xs, ys, eps, out, p)
 
 
 @wp.kernel
@@ -386,6 +389,7 @@ def _interpolate_packed(
     feats: wp.array(dtype=Any),
     faces: int,
     dims: int,
+    fstride: int,
     fidx: wp.array(dtype=wp.int32),
     flat: wp.array(dtype=wp.int64),
     xs: wp.array(dtype=Any),
@@ -397,7 +401,7 @@ def _interpolate_packed(
     k = wp.tid()
     p = int(flat[k])
     f = fidx[p]
-    _write_features(vim, feats, faces, dims, f, p, xs, ys, eps, out, k)
+    _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, k)
 
 
 @wp.func
@@ -973,6 +977,7 @@ def _hard_backward(
     feats: wp.array(dtype=Any),
     faces: int,
     dims: int,
+    fstride: int,
     fidx: wp.array(dtype=wp.int32),
     flat: wp.array(dtype=wp.int64),
     xs: wp.array(dtype=Any),
@@ -1014,7 +1019,7 @@ def _hard_backward(
     w2 = w2 / norm
     g1 = zero
     g2 = zero
-    c = (b * faces + f) * 3 * dims
+    c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
     for d in range(dims):
         g = grad_out[k * dims + d]
         if need_features != 0:
@@ -1276,12 +1281,12 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     Returns what backward needs, and for a packed call the slice's covered pixels (flat indices local
     to the slice, int64) and their features.
     """
-    faces, dims = vim.shape[1], feats.shape[-1]
+    faces, dims, fstride = vim.shape[1], feats.shape[-1], _feature_stride(feats)
     fidx = _hard_search(launch, vim, fvz, fnz, c)
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
     dense_dims = 0 if o.packed else dims
-    args = [w_vim, w_feats, faces, dense_dims, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
+    args = [w_vim, w_feats, faces, dense_dims, fstride, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
     # a sequential (CPU) launch lists the covered pixels in order itself; elsewhere nonzero() does
     listed = o.packed and vim.device.type == "cpu" and SEQUENTIAL_CPU
     covered = torch.empty(fidx.numel() if listed else 0, dtype=torch.int64, device=vim.device)
@@ -1297,6 +1302,7 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
                 w_feats,
                 faces,
                 dims,
+                fstride,
                 _wp(fidx),
                 _wp(flat),
                 w_xs,
@@ -1320,7 +1326,8 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
         flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
     else:
         threads = flat.shape[0]
-    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, _wp(fidx), _wp(flat)]
+    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, _feature_stride(feats)]
+    args += [_wp(fidx), _wp(flat)]
     targets = [_wp(grad_vi.view(-1)), _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
     args += [
         _wp(c.xs),
@@ -1332,6 +1339,12 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
     ]
     if threads:
         launch(_hard_backward, threads, [*args, *targets])
+
+
+def _feature_stride(feats: torch.Tensor) -> int:
+    """Elements between two faces' corner features in the flat array: 3 * D, or 0 for one (1, 1, 3, D)
+    set shared by every face and item (the same offsets when there really is one face and one item)."""
+    return 0 if feats.shape[0] == 1 and feats.shape[1] == 1 else 3 * feats.shape[-1]
 
 
 def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _Setup):
@@ -1372,6 +1385,10 @@ class _DibrRasterization(torch.autograd.Function):
     def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps, options):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
+        # corner features broadcast over items and faces (e.g. the identity: barycentrics) are read from
+        # one (1, 1, 3, D) copy instead of a (B, F, 3, D) one, when they need no gradient
+        shared = feats.stride(0) == 0 and feats.stride(1) == 0 and not ctx.needs_input_grad[4]
+        feats = feats[:1, :1] if shared else feats
         fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
         fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
         xs, ys, ys_up = _centres(height, width, float(multiplier), dtype, device)
@@ -1389,13 +1406,14 @@ class _DibrRasterization(torch.autograd.Function):
         def job(launch, sl):
             torch.mul(fvi[sl], multiplier, out=vim[sl])
             views = [t[sl] for t in (fvz, vim, feats, fnz, soft, face_idx)]
+            views[2] = feats if shared else views[2]
             views.insert(5, out if options.packed else out[sl])
             return _forward_part(launch, *views, setup, options)
 
         slices = parallel.split(device, batch, min_items=1)
         results = _run_parts(device, slices, job)
         ctx.parts = [(sl, saved) for sl, (saved, _) in zip(slices, results)]
-        ctx.setup = setup
+        ctx.setup, ctx.shared = setup, shared
         ctx.save_for_backward(fvi, vim, feats)
         ctx.mark_non_differentiable(face_idx)
         ctx.set_materialize_grads(False)  # an unused output gets None: its backward is skipped
@@ -1433,7 +1451,9 @@ class _DibrRasterization(torch.autograd.Function):
                 g_out = grad_out[sl] if ends is None else grad_out[ends[k] - rows[k] : ends[k]]
             grads = [g_out, None if grad_soft is None else grad_soft[sl]]
             grads += [None if g is None else g[sl].zero_() for g in (grad_vi, grad_feats)]
-            _backward_part(launch, (fvi[sl], vim[sl], feats[sl], saved), *grads, ctx.setup)
+            _backward_part(
+                launch, (fvi[sl], vim[sl], feats if ctx.shared else feats[sl], saved), *grads, ctx.setup
+            )
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
         return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 7)

@@ -199,7 +199,11 @@ def rasterize_mesh(
     Returns:
         Fragments.
     """
-    corners = _identity_corners(vertices.shape[0], faces.shape[0], vertices.dtype, vertices.device)
+    if backend == "warp":  # read from one (3, 3) identity: the Warp rasterizer sees the broadcast
+        corners = torch.eye(3, dtype=vertices.dtype, device=vertices.device)
+        corners = corners.expand(vertices.shape[0], faces.shape[0], 3, 3)
+    else:
+        corners = _identity_corners(vertices.shape[0], faces.shape[0], vertices.dtype, vertices.device)
     inputs = project_mesh(camera, vertices, faces, corners, "warp" if backend == "warp" else "torch")
     out = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, **options)
     flat_index = out.flat_index
