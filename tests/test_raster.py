@@ -434,20 +434,21 @@ def two_threads():
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_features_broadcast_over_faces_match_their_copy(two_threads, packed):
-    """Corner features expanded over items and faces (stride 0: the renderer's identity, giving the
-    barycentrics) are read from one copy: the same features, soft mask and gradients, bit for bit, as the
-    contiguous (B, F, 3, D) copy, with the batch split over two threads; with a gradient to the features
-    the expanded tensor gets the summed gradient of its copy."""
+@pytest.mark.parametrize("identity", [False, True], ids=["corners", "identity"])
+def test_features_broadcast_over_faces_match_their_copy(two_threads, packed, identity):
+    """Corner features expanded over items and faces (stride 0) are read from one copy, and the identity
+    (the renderer's, giving the barycentrics) not at all: the same features, soft mask and gradients, bit
+    for bit, as the contiguous (B, F, 3, D) copy, with the batch split over two threads; with a gradient
+    to the features the expanded tensor gets the summed gradient of its copy."""
     fvz, fvi, _, fnz = random_scene(batch=3, faces=30, seed=12)
-    corners = torch.rand(3, 2, generator=torch.Generator().manual_seed(3))
+    corners = torch.eye(3) if identity else torch.rand(3, 2, generator=torch.Generator().manual_seed(3))
     upstream = torch.Generator().manual_seed(4)
     fn = raster.dibr_rasterization_packed if packed else raster.dibr_rasterization
     results = []
     for broadcast in (True, False):
         for needs_grad in (False, True):
             feats = corners.clone().requires_grad_(needs_grad)
-            face_feats = feats.expand(3, 30, 3, 2)
+            face_feats = feats.expand(3, 30, *corners.shape)
             vi = fvi.clone().requires_grad_()
             out, soft, idx, *_ = fn(
                 19, 23, fvz, vi, face_feats if broadcast else face_feats.contiguous(), fnz

@@ -311,7 +311,8 @@ def _write_features(
     row: int,
 ):
     """Row ``row`` of ``out``: face f's features interpolated at pixel p with Kaolin's barycentrics
-    (``fstride`` = 3 * dims, or 0 for corner features shared by every face and item)."""
+    (``fstride`` = 3 * dims, 0 for corner features shared by every face and item, ``_BARYCENTRIC`` for
+    the identity: the barycentrics themselves, without reading the features)."""
     b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
     w0, w1, w2, norm = _crosses(
@@ -320,6 +321,11 @@ def _write_features(
     w0 = w0 / norm
     w1 = w1 / norm
     w2 = w2 / norm
+    if fstride == _BARYCENTRIC:  # identity corners: w0 * 1 + w1 * 0 + w2 * 0 = w0, and so on
+        out[row * 3] = w0
+        out[row * 3 + 1] = w1
+        out[row * 3 + 2] = w2
+        return
     c = (b * faces + f) * fstride
     for d in range(dims):
         out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
@@ -1019,16 +1025,20 @@ def _hard_backward(
     w2 = w2 / norm
     g1 = zero
     g2 = zero
-    c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
-    for d in range(dims):
-        g = grad_out[k * dims + d]
-        if need_features != 0:
-            wp.atomic_add(grad_feats, c + d, w0 * g)
-            wp.atomic_add(grad_feats, c + dims + d, w1 * g)
-            wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
-        c0 = feats[c + d]
-        g1 = g1 + g * (feats[c + dims + d] - c0)
-        g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
+    if fstride == _BARYCENTRIC:  # identity corners: g1 = g . (f1 - f0) = g[1] - g[0], g2 = g[2] - g[0]
+        g1 = grad_out[k * 3 + 1] - grad_out[k * 3]
+        g2 = grad_out[k * 3 + 2] - grad_out[k * 3]
+    else:
+        c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
+        for d in range(dims):
+            g = grad_out[k * dims + d]
+            if need_features != 0:
+                wp.atomic_add(grad_feats, c + d, w0 * g)
+                wp.atomic_add(grad_feats, c + dims + d, w1 * g)
+                wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
+            c0 = feats[c + d]
+            g1 = g1 + g * (feats[c + dims + d] - c0)
+            g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
     if g1 == zero and g2 == zero:
         return
     ax = vi[v]
@@ -1158,6 +1168,12 @@ class _Setup(NamedTuple):
     multiplier: Any
     knum: int
     margin: float  # boxlen * multiplier
+    fstride: int | None = (
+        None  # feature stride (_feature_stride), _BARYCENTRIC for the identity; None: from the shape
+    )
+
+
+_BARYCENTRIC = -1  # feature stride of broadcast identity corners: the features are the barycentrics
 
 
 def _hard_search(launch, vim, fvz, fnz, c: _Setup):
@@ -1281,7 +1297,8 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     Returns what backward needs, and for a packed call the slice's covered pixels (flat indices local
     to the slice, int64) and their features.
     """
-    faces, dims, fstride = vim.shape[1], feats.shape[-1], _feature_stride(feats)
+    faces, dims = vim.shape[1], feats.shape[-1]
+    fstride = _feature_stride(feats) if c.fstride is None else c.fstride
     fidx = _hard_search(launch, vim, fvz, fnz, c)
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
@@ -1326,7 +1343,8 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
         flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
     else:
         threads = flat.shape[0]
-    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, _feature_stride(feats)]
+    fstride = _feature_stride(feats) if c.fstride is None else c.fstride
+    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, fstride]
     args += [_wp(fidx), _wp(flat)]
     targets = [_wp(grad_vi.view(-1)), _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
     args += [
@@ -1396,7 +1414,13 @@ class _DibrRasterization(torch.autograd.Function):
             parallel.scalar(dtype, v)
             for v in (multiplier / width, multiplier / height, eps, sigmainv, multiplier)
         ]
-        setup = _Setup(xs, ys, ys_up, *scalars, knum, boxlen * multiplier)
+        identity = (
+            shared
+            and feats.shape[-1] == 3
+            and torch.equal(feats[0, 0], torch.eye(3, dtype=dtype, device=device))
+        )
+        fstride = _BARYCENTRIC if identity else None
+        setup = _Setup(xs, ys, ys_up, *scalars, knum, boxlen * multiplier, fstride)
         vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
         soft = torch.empty((batch, height, width), dtype=dtype, device=device)
         dense = (0,) if options.packed else (batch, height, width, feats.shape[-1])
