@@ -82,7 +82,7 @@ def test_descriptor_cache_keys_by_what_it_describes():
     assert parallel._descriptor(t[2:]) is not a
     view = parallel._descriptor(t.view(3, 4))
     assert (view.ndim, list(view.shape[:2]), list(view.strides[:2])) == (2, [3, 4], [16, 4])
-    assert a.data == t.data_ptr() and a._ref is None
+    assert a.data == t.data_ptr() and getattr(a, "_ref", None) is None
 
 
 def test_launch_checks_arguments():
@@ -375,3 +375,23 @@ def test_run_launches_runs_each_parts_steps_in_order(two_threads):
         torch.testing.assert_close(soft, ref_soft, rtol=0, atol=0)
         torch.testing.assert_close(product, ref_product, rtol=0, atol=0)
     parallel.run_launches(cpu, _soft_finish.module.name, [])  # nothing to run
+
+
+def test_descriptor_matches_warps_own_conversion():
+    """The descriptors made directly hold what ``wp.from_torch(return_ctype=True)`` makes: address, rank,
+    shape and byte strides, for contiguous, strided, 1-4 dimensional, float and integer tensors."""
+    import warp as wp
+
+    base = torch.rand(4, 5, 6, 7, dtype=torch.float64)
+    cases = [
+        torch.rand(9),
+        base,
+        base[:, 1:, ::2, 3],
+        base.float().permute(3, 0, 2, 1),
+        torch.arange(12, dtype=torch.int32).reshape(3, 4)[:, 1:],
+        torch.arange(5, dtype=torch.int64),
+    ]
+    for t in cases:
+        got, expected = parallel._descriptor(t), wp.from_torch(t, requires_grad=False, return_ctype=True)
+        assert (got.data, got.grad, got.ndim, got.flags) == (expected.data, 0, expected.ndim, expected.flags)
+        assert list(got.shape) == list(expected.shape) and list(got.strides) == list(expected.strides)
