@@ -241,8 +241,6 @@ def _hard_pass(
     t = wp.tid()
     if not (nz[t] >= type(eps)(0.0)):
         return
-    b = t // faces
-    f = t - b * faces
     ax = vim[t * 6]
     ay = vim[t * 6 + 1]
     bx = vim[t * 6 + 2]
@@ -255,9 +253,13 @@ def _hard_pass(
     xmin = wp.min(ax, wp.min(bx, cx))
     xmax = wp.max(ax, wp.max(bx, cx))
     x_inv = type(x_scale)(1.0) / x_scale
-    y_inv = type(y_scale)(1.0) / y_scale
     j0 = _first_at_least(xs, xmin, x_inv)
     j1 = _first_at_least(xs, xmax, x_inv)
+    if j0 >= j1:  # no pixel-centre column in the box (many faces smaller than a pixel)
+        return
+    b = t // faces
+    f = t - b * faces
+    y_inv = type(y_scale)(1.0) / y_scale
     k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_inv)
     k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_inv)
     one = type(eps)(1.0)
