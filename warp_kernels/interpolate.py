@@ -92,18 +92,11 @@ class _Interpolate(torch.autograd.Function):
         out = values.new_empty(bary.shape[0], values.shape[2])
         parts = parallel.split(bary.device, bary.shape[0])
 
-        steps = [
-            [
-                (
-                    _interpolate,
-                    sl.stop - sl.start,
-                    [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]],
-                )
-            ]
-            for sl in parts
-        ]
-        if bary.shape[0]:
-            parallel.run_launches(bary.device, __name__, steps)
+        steps = []
+        for sl in parts if bary.shape[0] else []:
+            args = [bary[sl], batch_index[sl], face[sl], faces, values, out[sl]]
+            steps.append([(_interpolate, sl.stop - sl.start, args)])
+        parallel.run_launches(bary.device, __name__, steps)
         ctx.save_for_backward(bary, values, batch_index, face, faces)
         return out
 

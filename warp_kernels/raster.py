@@ -1170,9 +1170,7 @@ class _Setup(NamedTuple):
     multiplier: Any
     knum: int
     margin: float  # boxlen * multiplier
-    fstride: int | None = (
-        None  # feature stride (_feature_stride), _BARYCENTRIC for the identity; None: from the shape
-    )
+    fstride: int | None = None  # of the features: None from their shape, _BARYCENTRIC for the identity
 
 
 _BARYCENTRIC = -1  # feature stride of broadcast identity corners: the features are the barycentrics
