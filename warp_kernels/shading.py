@@ -918,7 +918,8 @@ def _composite_covered_backward(
 
 class FusedComposite(torch.autograd.Function):
     """Autograd bridge of the composite kernels and their hand-written adjoints: a pass over every image
-    pixel as background, then one over the covered pixels; on CPU each pass in parts (disjoint pixels)."""
+    pixel as background, then one over the covered pixels; on CPU in parts of disjoint pixel ranges, each
+    part running both passes over its range (the covered pixels split at the same pixel indices)."""
 
     @staticmethod
     @parallel.serial
@@ -926,8 +927,9 @@ class FusedComposite(torch.autograd.Function):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         mask, colour = mask.detach().contiguous(), colour.detach().contiguous()
         image = mask.new_empty(mask.shape[0], 3)
-        _parts(_composite_background, mask.shape[0], [mask, background, image], per_item=(0, 2))
-        _parts(_composite_covered, flat.shape[0], [mask, flat, colour, background, image], per_item=(1, 2))
+        background_pass = (_composite_background, [mask, background, image], (0, 2))
+        covered_pass = (_composite_covered, [mask, flat, colour, background, image], (1, 2))
+        _pixel_parts(mask.shape[0], flat, background_pass, covered_pass)
         ctx.save_for_backward(mask, colour, flat, background)
         return image
 
@@ -937,26 +939,48 @@ class FusedComposite(torch.autograd.Function):
         mask, colour, flat, background = ctx.saved_tensors
         adj_mask, adj_colour = torch.empty_like(mask), torch.empty_like(colour)
         adj_image = adj_image.contiguous()
-        _parts(
-            _composite_background_backward, mask.shape[0], [background, adj_image, adj_mask], per_item=(1, 2)
-        )
+        background_pass = (_composite_background_backward, [background, adj_image, adj_mask], (1, 2))
         args = [mask, flat, colour, background, adj_image, adj_mask, adj_colour]
-        _parts(_composite_covered_backward, flat.shape[0], args, per_item=(1, 2, 6))
+        _pixel_parts(mask.shape[0], flat, background_pass, (_composite_covered_backward, args, (1, 2, 6)))
         return adj_mask, adj_colour, None, None
 
 
-def _parts(kernel, n: int, args: list, per_item: tuple[int, ...]) -> None:
-    """Launch ``kernel`` over n items in parts (``warp_kernels.parallel``); the arguments at the
-    positions ``per_item`` are sliced per part, the others passed whole."""
+def _pixel_parts(n: int, flat: Tensor, background_pass: tuple, covered_pass: tuple) -> None:
+    """Run a pass over all n pixels, then one over the covered pixels ``flat`` (flat indices), in parts
+    (``warp_kernels.parallel``). A pass is (kernel, its arguments, the positions of the arguments sliced
+    per part: per pixel, or per covered pixel).
+
+    With ``flat`` increasing (the rasterizer's order), part k runs both passes: the first on pixel range
+    k, the second on the covered pixels inside that range, so no two parts write the same pixel, in one
+    hand-off to the pool. Otherwise the passes run one after the other, each in its own parts.
+    """
     if n == 0:
         return
-    device = args[0].device
+    device = flat.device
     parts = parallel.split(device, n, min_items=parallel.MIN_ITEMS_PER_PART)
+    if len(parts) > 1 and flat.shape[0] > 1 and not bool((flat[1:] > flat[:-1]).all()):
+        for k, p in enumerate((background_pass, covered_pass)):
+            count = n if k == 0 else flat.shape[0]
+            ranges = parts if k == 0 else parallel.split(device, count, min_items=parallel.MIN_ITEMS_PER_PART)
+            parallel.run_launches(
+                device, __name__, [[_pass_step(p, sl)] for sl in ranges if sl.stop > sl.start]
+            )
+        return
+    starts = torch.tensor([sl.start for sl in parts] + [n], dtype=flat.dtype, device=device)
+    cuts = torch.searchsorted(flat, starts).tolist()
     steps = []
-    for sl in parts:
-        sliced = [a[sl] if i in per_item else a for i, a in enumerate(args)]
-        steps.append([_step(kernel, sl.stop - sl.start, sliced)])
-    parallel.run_launches(device, __name__, steps)
+    for k, pixels in enumerate(parts):
+        covered = slice(cuts[k], cuts[k + 1])
+        steps.append([_pass_step(p, sl) for p, sl in ((background_pass, pixels), (covered_pass, covered))])
+    parallel.run_launches(device, __name__, [[s for s in part if s is not None] for part in steps])
+
+
+def _pass_step(composite_pass: tuple, sl: slice) -> tuple | None:
+    """The launch of one pass of ``_pixel_parts`` over ``sl`` (None when empty)."""
+    kernel, args, per_item = composite_pass
+    if sl.stop <= sl.start:
+        return None
+    return _step(kernel, sl.stop - sl.start, [a[sl] if i in per_item else a for i, a in enumerate(args)])
 
 
 def composite(
