@@ -31,6 +31,15 @@ def anny_hand_sub():
     return load_hand("anny", subdivide=1)
 
 
+@pytest.fixture
+def two_threads():
+    """torch (and so the Warp parts) on two CPU threads for the test (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_sequence(name: str) -> Path:
     """Path of a sequence in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / name

@@ -103,15 +103,6 @@ needs_openmp = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def two_threads():
-    """torch on two CPU threads for the test (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _task_count() -> int:
     return len(os.listdir("/proc/self/task"))
 

@@ -424,15 +424,6 @@ def test_depth_map_gradcheck_and_split():
         torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def two_threads():
-    """torch (and so the Warp parts) on two CPU threads for the test (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("identity", [False, True], ids=["corners", "identity"])
 def test_features_broadcast_over_faces_match_their_copy(two_threads, packed, identity):

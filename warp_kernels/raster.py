@@ -1298,7 +1298,7 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     to the slice, int64) and their features.
     """
     faces, dims = vim.shape[1], feats.shape[-1]
-    fstride = _feature_stride(feats) if c.fstride is None else c.fstride
+    fstride = _feature_stride(feats, c)
     fidx = _hard_search(launch, vim, fvz, fnz, c)
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
@@ -1343,7 +1343,7 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
         flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
     else:
         threads = flat.shape[0]
-    fstride = _feature_stride(feats) if c.fstride is None else c.fstride
+    fstride = _feature_stride(feats, c)
     args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, fstride]
     args += [_wp(fidx), _wp(flat)]
     targets = [_wp(grad_vi.view(-1)), _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
@@ -1359,9 +1359,12 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
         launch(_hard_backward, threads, [*args, *targets])
 
 
-def _feature_stride(feats: torch.Tensor) -> int:
-    """Elements between two faces' corner features in the flat array: 3 * D, or 0 for one (1, 1, 3, D)
-    set shared by every face and item (the same offsets when there really is one face and one item)."""
+def _feature_stride(feats: torch.Tensor, c: _Setup) -> int:
+    """Elements between two faces' corner features in the flat array: ``c.fstride`` when the call set it
+    (``_BARYCENTRIC``), else 3 * D, or 0 for one (1, 1, 3, D) set shared by every face and item (the same
+    offsets when there really is one face and one item)."""
+    if c.fstride is not None:
+        return c.fstride
     return 0 if feats.shape[0] == 1 and feats.shape[1] == 1 else 3 * feats.shape[-1]
 
 
