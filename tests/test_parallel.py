@@ -11,64 +11,57 @@ from warp_kernels import parallel
 from warp_kernels.raster import _soft_finish
 
 
-def finish_reference(fidx, soft, window, height, width):
-    """torch twin of ``raster._soft_finish``: on uncovered pixels of the window, product = soft and
-    soft = 1 - soft; elsewhere both unchanged."""
-    top, bottom, left, right = window.tolist()
-    inside = torch.zeros(fidx.shape[0] // (height * width), height, width, dtype=torch.bool)
-    inside[:, top:bottom, left:right] = True
-    hit = inside.reshape(-1) & (fidx < 0)
-    product = torch.zeros_like(soft)
-    product[hit] = soft[hit]
-    out = soft.clone()
-    out[hit] = 1 - soft[hit]
-    return out, product
+def finish_reference(touched, soft, zeros):
+    """torch twin of ``raster._soft_finish``: on the touched pixels, soft = 1 - product and zeros = the
+    product P (no zero factor), -P (one) or 0 (more), with P = soft before; elsewhere both unchanged."""
+    t = touched.long()
+    p, z = soft[t], zeros[t]
+    out_soft, out_zeros = soft.clone(), zeros.clone()
+    out_soft[t] = torch.where(z == 0, 1 - p, torch.ones_like(p))
+    out_zeros[t] = torch.where(z == 0, p, torch.where(z == 1, -p, torch.zeros_like(p)))
+    return out_soft, out_zeros
 
 
-def finish_inputs(batch, height, width, window, seed, dtype=torch.float32):
+def finish_inputs(pixels, count, seed, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
-    fidx = torch.randint(-1, 3, (batch * height * width,), generator=gen, dtype=torch.int32)
-    soft = torch.rand(batch * height * width, generator=gen, dtype=dtype)
-    return fidx, soft, torch.tensor(window, dtype=torch.int32)
+    touched = torch.randperm(pixels, generator=gen)[:count].to(torch.int32)
+    soft = torch.rand(pixels, generator=gen, dtype=dtype)
+    zeros = torch.randint(0, 3, (pixels,), generator=gen).to(dtype)
+    return touched, soft, zeros
 
 
-def launch_finish(fidx, soft, window, batch, height, width):
-    product = torch.zeros_like(soft)
-    rows, columns = int(window[1] - window[0]), int(window[3] - window[2])
-    args = [fidx, height, width, window, soft, product]
-    parallel.launch_tensors(_soft_finish, batch * rows * columns, args, torch.device("cpu"))
-    return soft, product
+def launch_finish(touched, soft, zeros):
+    parallel.launch_tensors(_soft_finish, touched.shape[0], [touched, soft, zeros], torch.device("cpu"))
+    return soft, zeros
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_replayed_launch_takes_new_arguments(dtype):
-    """The same kernel launched again and again with other sizes, windows and tensors (the recorded launch
-    is replayed with everything replaced) gives each call's own result."""
-    cases = [(2, 5, 7, [1, 4, 2, 6]), (1, 9, 4, [0, 9, 0, 4]), (3, 3, 3, [1, 2, 1, 3])]
-    cases.append((2, 5, 7, [0, 5, 3, 4]))
-    for seed, (batch, height, width, window) in enumerate(cases):
-        fidx, soft, w = finish_inputs(batch, height, width, window, seed, dtype)
-        ref_soft, ref_product = finish_reference(fidx, soft, w, height, width)
-        got_soft, got_product = launch_finish(fidx, soft.clone(), w, batch, height, width)
+    """The same kernel launched again and again with other sizes and tensors (the recorded launch is
+    replayed with everything replaced) gives each call's own result."""
+    for seed, (pixels, count) in enumerate([(70, 20), (36, 36), (27, 5), (70, 33)]):
+        touched, soft, zeros = finish_inputs(pixels, count, seed, dtype)
+        ref_soft, ref_zeros = finish_reference(touched, soft, zeros)
+        got_soft, got_zeros = launch_finish(touched, soft.clone(), zeros.clone())
         torch.testing.assert_close(got_soft, ref_soft, rtol=0, atol=0)
-        torch.testing.assert_close(got_product, ref_product, rtol=0, atol=0)
+        torch.testing.assert_close(got_zeros, ref_zeros, rtol=0, atol=0)
+        assert not torch.equal(got_soft, soft)
 
 
 def test_two_threads_launch_the_same_kernel():
     """Each pool thread replays its own recorded launch: two parts launched at once stay independent."""
-    height, width, window = 6, 5, [0, 6, 0, 5]
-    inputs = [finish_inputs(3, height, width, window, seed) for seed in (10, 11)]
+    inputs = [finish_inputs(90, 60, seed) for seed in (10, 11)]
 
     def job(k):
-        fidx, soft, w = inputs[k]
-        return launch_finish(fidx, soft.clone(), w, 3, height, width)
+        touched, soft, zeros = inputs[k]
+        return launch_finish(touched, soft.clone(), zeros.clone())
 
     for _ in range(5):
         results = parallel.run(torch.device("cpu"), _soft_finish.module.name, [0, 1], job)
-        for (fidx, soft, w), (got_soft, got_product) in zip(inputs, results):
-            ref_soft, ref_product = finish_reference(fidx, soft, w, height, width)
+        for (touched, soft, zeros), (got_soft, got_zeros) in zip(inputs, results):
+            ref_soft, ref_zeros = finish_reference(touched, soft, zeros)
             torch.testing.assert_close(got_soft, ref_soft, rtol=0, atol=0)
-            torch.testing.assert_close(got_product, ref_product, rtol=0, atol=0)
+            torch.testing.assert_close(got_zeros, ref_zeros, rtol=0, atol=0)
 
 
 def test_descriptor_cache_keys_by_what_it_describes():
@@ -86,15 +79,14 @@ def test_descriptor_cache_keys_by_what_it_describes():
 
 
 def test_launch_checks_arguments():
-    fidx, soft, window = finish_inputs(1, 2, 2, [0, 2, 0, 2], 0)
-    product = torch.zeros_like(soft)
+    touched, soft, zeros = finish_inputs(4, 4, 0)
     cpu = torch.device("cpu")
-    with pytest.raises(TypeError, match="argument fidx"):
-        parallel.launch_tensors(_soft_finish, 4, [fidx.long(), 2, 2, window, soft, product], cpu)
-    with pytest.raises(TypeError, match="argument window"):
-        parallel.launch_tensors(_soft_finish, 4, [fidx, 2, 2, [0, 2, 0, 2], soft, product], cpu)
-    with pytest.raises(TypeError, match="expects 6 arguments"):
-        parallel.launch_tensors(_soft_finish, 4, [fidx, 2, 2, window, soft], cpu)
+    with pytest.raises(TypeError, match="argument touched"):
+        parallel.launch_tensors(_soft_finish, 4, [touched.long(), soft, zeros], cpu)
+    with pytest.raises(TypeError, match="argument soft"):
+        parallel.launch_tensors(_soft_finish, 4, [touched, soft.tolist(), zeros], cpu)
+    with pytest.raises(TypeError, match="expects 3 arguments"):
+        parallel.launch_tensors(_soft_finish, 4, [touched, soft], cpu)
 
 
 needs_openmp = pytest.mark.skipif(
@@ -352,19 +344,20 @@ def test_run_launches_runs_each_parts_steps_in_order(two_threads):
     """Launches prepared on the calling thread run on their part's thread after the part's earlier steps
     (a callable zeroing the output first): each part's result is its own call's, as launched alone."""
     cpu = torch.device("cpu")
-    height, width, window = 6, 5, [1, 5, 0, 4]
-    inputs = [finish_inputs(2, height, width, window, seed) for seed in (20, 21, 22)]
-    expected = [finish_reference(fidx, soft, w, height, width) for fidx, soft, w in inputs]
-    parts, products = [], []
-    for fidx, soft, w in inputs:
-        product = torch.full_like(soft, float("nan"))
-        args = [fidx, height, width, w, soft, product]
-        parts.append([product.zero_, (_soft_finish, 2 * 4 * 4, args)])
-        products.append(product)
+    inputs = [finish_inputs(40, 25, seed) for seed in (20, 21, 22)]
+    expected = [finish_reference(*inputs_k) for inputs_k in inputs]
+    parts, outputs = [], []
+    for touched, soft, zeros in inputs:
+        out_soft, out_zeros = soft.clone(), torch.full_like(zeros, float("nan"))
+        # the first step sets the zero counts the launch reads: run after it, the launch sees them
+        parts.append(
+            [lambda o=out_zeros, z=zeros: o.copy_(z), (_soft_finish, 25, [touched, out_soft, out_zeros])]
+        )
+        outputs.append((out_soft, out_zeros))
     parallel.run_launches(cpu, _soft_finish.module.name, parts)
-    for (_, soft, _), product, (ref_soft, ref_product) in zip(inputs, products, expected):
-        torch.testing.assert_close(soft, ref_soft, rtol=0, atol=0)
-        torch.testing.assert_close(product, ref_product, rtol=0, atol=0)
+    for (out_soft, out_zeros), (ref_soft, ref_zeros) in zip(outputs, expected):
+        torch.testing.assert_close(out_soft, ref_soft, rtol=0, atol=0)
+        torch.testing.assert_close(out_zeros, ref_zeros, rtol=0, atol=0)
     parallel.run_launches(cpu, _soft_finish.module.name, [])  # nothing to run
 
 

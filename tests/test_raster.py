@@ -475,6 +475,28 @@ def test_depth_map_scale_is_negation_without_a_torch_op():
         assert torch.equal(got, expected)
 
 
+def test_depth_map_of_the_depth_test_z_reads_the_z_buffer(two_threads):
+    """Values that are the depth test's z itself (the shadow map's case: the same memory) are not
+    interpolated again: the map is the scaled z-buffer. It equals the interpolation of a copy of them
+    (another tensor: the general path) to rounding, with the same gradients, on 1 and 2 threads."""
+    fvz, fvi, _, fnz = random_scene(batch=3, faces=40, seed=21, size=0.5)
+    empty = torch.tensor([3.0, 4.0, 5.0])
+    upstream = torch.randn(3, 21, 17, generator=torch.Generator().manual_seed(2))
+    results = []
+    for shared in (True, False):
+        z = fvz.clone().requires_grad_()
+        values = z if shared else z * 1.0  # the same memory, or a copy (still differentiable in z)
+        vi = fvi.clone().requires_grad_()
+        out = raster.depth_map(21, 17, z.detach(), vi, values, fnz, empty, scale=-1.0)
+        (out * upstream).sum().backward()
+        results.append((out, vi.grad, z.grad))
+    covered = results[1][0] != empty[:, None, None]
+    assert covered.float().mean() > 0.1 and (~covered).any()
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
+    for got, expected in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_depth_map_checks_its_inputs():
     fvz, fvi, feats, fnz = random_scene(batch=2, faces=4, dims=(1,))
     with pytest.raises(ValueError, match="empty"):

@@ -235,8 +235,9 @@ def _hard_pass(
 ):
     """Per face, over the pixels of its box it covers (largest z wins, then the lowest index).
 
-    mode 0: atomic max of z; mode 1: atomic min of the index among faces at that z; mode 2: both at
-    once, only valid for a sequential launch (CPU), where faces come in index order.
+    mode 0: atomic max of z; mode 1: atomic min of the index among faces at that z (``zbuf`` starts at
+    -inf, ``fidx`` at ``_NO_FACE``); mode 2: both at once, only valid for a sequential launch (CPU),
+    where faces come in index order (``fidx`` starts at -1, ``zbuf`` is read only where a face won).
     """
     t = wp.tid()
     if not (nz[t] >= type(eps)(0.0)):
@@ -287,8 +288,8 @@ def _hard_pass(
             if _covers(w0, w1, w2, norm):
                 z = w0 / norm * az + w1 / norm * bz + w2 / norm * cz
                 p = row + j
-                if mode == 2:
-                    if z > zbuf[p]:
+                if mode == 2:  # fidx starts at -1 and zbuf unset: the first face only has to beat -inf
+                    if (fidx[p] < 0 and z > -wp.inf) or (fidx[p] >= 0 and z > zbuf[p]):
                         zbuf[p] = z
                         fidx[p] = f
                 elif mode == 0:
@@ -355,8 +356,9 @@ def _interpolate(
     launches only) the covered pixels are also listed there, in increasing order, ``count[0]`` of them."""
     p = wp.tid()
     f = fidx[p]
-    if f == _NO_FACE:
-        fidx[p] = -1
+    if f < 0 or f == _NO_FACE:
+        if f == _NO_FACE:
+            fidx[p] = -1
         face_idx[p] = wp.int64(-1)
         soft[p] = type(eps)(0.0)
         return
@@ -378,15 +380,22 @@ def _depth_fill(
     ys: wp.array(dtype=Any),
     eps: Any,
     empty: wp.array(dtype=Any),
+    zbuf: wp.array(dtype=Any),
+    zscale: Any,
     out: wp.array(dtype=Any),
 ):
     """Per pixel: the winning face's corner values interpolated, ``empty[b]`` where no face covers it
-    (``fidx`` becomes -1 there)."""
+    (``fidx`` becomes -1 there). ``zscale`` not 0: the values are the depth test's z, so the pixel gets
+    ``zscale`` times the winner's z from ``zbuf`` (the same sum of the same products) instead."""
     p = wp.tid()
     f = fidx[p]
-    if f == _NO_FACE:
-        fidx[p] = -1
+    if f < 0 or f == _NO_FACE:
+        if f == _NO_FACE:
+            fidx[p] = -1
         out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
+        return
+    if zscale != type(eps)(0.0):  # the values are the z of the depth test: the winner's z, scaled
+        out[p] = zscale * zbuf[p]
         return
     _write_features(vim, values, faces, 1, 3, f, p, xs, ys, eps, out, p)
 
@@ -530,8 +539,8 @@ def _row_counts(
     pixel) and, in ``row_free`` (W + 1 per image row), either the running count of uncovered pixels from
     the window's left column or, with ``links``, a link per column: itself if uncovered, else the next
     column (the sequential fill's "next open pixel" forest; the window's right column links to itself).
-    Without ``links`` ``count`` gets each pixel's candidate count; with ``links`` it is zeroed and the
-    uncovered pixels get ``soft`` = 1 and ``zeros`` = 0 (what ``_soft_stream`` multiplies and counts)."""
+    Without ``links`` ``count`` gets each pixel's candidate count; with ``links`` it is zeroed (the
+    stream sets ``soft`` and ``zeros`` of a pixel at its first face)."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
@@ -562,9 +571,6 @@ def _row_counts(
         else:
             count[p] = 0
             row_free[free_row + j] = wp.where(open, j, j + 1)
-            if open:
-                soft[p] = type(soft[p])(1.0)
-                zeros[p] = type(soft[p])(0.0)
     row_total[b * height + i] = total
 
 
@@ -662,6 +668,7 @@ def _soft_stream(
     probs: wp.array(dtype=Any),
     soft: wp.array(dtype=Any),
     zeros: wp.array(dtype=Any),
+    touched: wp.array(dtype=wp.int32),
 ):
     """The soft forward face by face, for a sequential launch (CPU): threads run in face index order, so
     each uncovered pixel gets the first ``cap`` (= knum) faces whose grown box holds it, as in Kaolin.
@@ -670,8 +677,10 @@ def _soft_stream(
     link forest (``_row_counts``; a pixel that reaches ``cap`` links past itself), computes the
     probability, and appends ``_cell(i, j, kind)`` and the probability to the stream: its entries are
     ``[face_end[t - 1], face_end[t])`` (from 0 for t = 0). Each pixel's factor ``1 - prob`` is multiplied
-    into ``soft`` (1 at the start) in face order, as the twin multiplies them, except exact zeros,
-    which are counted in ``zeros`` instead (``_soft_finish`` puts them back).
+    into ``soft`` in face order, as the twin multiplies them, except exact zeros, which are counted in
+    ``zeros`` instead (``_soft_finish`` puts them back). A pixel's first face sets both (no pass over
+    the window first) and lists the pixel in ``touched`` (its count in the last element), for
+    ``_soft_finish``.
     """
     t = wp.tid()
     top = boxes[t * 4]
@@ -709,7 +718,11 @@ def _soft_stream(
             probs[a] = prob
             a = a + 1
             q = one - prob
-            if q == zero:
+            if slot == 1:  # the pixel's first face
+                touched[wp.atomic_add(touched, touched.shape[0] - 1, 1)] = p
+                zeros[p] = wp.where(q == zero, one, zero)
+                soft[p] = wp.where(q == zero, one, q)
+            elif q == zero:
                 zeros[p] = zeros[p] + one
             else:
                 soft[p] = soft[p] * q
@@ -720,31 +733,23 @@ def _soft_stream(
 
 
 @wp.kernel
-def _soft_finish(
-    fidx: wp.array(dtype=wp.int32),
-    height: int,
-    width: int,
-    window: wp.array(dtype=wp.int32),
-    soft: wp.array(dtype=Any),
-    zeros: wp.array(dtype=Any),
-):
-    """Per uncovered window pixel after ``_soft_stream``: soft = 1 - (the product of all factors 1 - prob),
-    and in ``zeros`` what the backward needs of it: the product of the nonzero factors P when no factor
-    is 0, -P when one is, 0 when more are (then no factor has a gradient)."""
-    p, i, j = _window_pixel(wp.tid(), window, height, width)
-    if fidx[p] < 0:
-        one = type(soft[p])(1.0)
-        nonzero = soft[p]
-        z = zeros[p]
-        product = type(soft[p])(0.0)
-        kept = type(soft[p])(0.0)
-        if z == type(z)(0.0):
-            product = nonzero
-            kept = nonzero
-        elif z == one:
-            kept = -nonzero
-        zeros[p] = kept
-        soft[p] = one - product
+def _soft_finish(touched: wp.array(dtype=wp.int32), soft: wp.array(dtype=Any), zeros: wp.array(dtype=Any)):
+    """Per pixel that ``_soft_stream`` touched: soft = 1 - (the product of all factors 1 - prob), and in
+    ``zeros`` what the backward needs of it: the product of the nonzero factors P when no factor is 0,
+    -P when one is, 0 when more are (then no factor has a gradient)."""
+    p = touched[wp.tid()]
+    one = type(soft[p])(1.0)
+    nonzero = soft[p]
+    z = zeros[p]
+    product = type(soft[p])(0.0)
+    kept = type(soft[p])(0.0)
+    if z == type(z)(0.0):
+        product = nonzero
+        kept = nonzero
+    elif z == one:
+        kept = -nonzero
+    zeros[p] = kept
+    soft[p] = one - product
 
 
 @wp.kernel
@@ -1018,13 +1023,6 @@ def _hard_backward(
         return
     b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
-    # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
-    w0, w1, w2, norm = _crosses(
-        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-    )
-    w0 = w0 / norm
-    w1 = w1 / norm
-    w2 = w2 / norm
     g1 = zero
     g2 = zero
     if fstride == _BARYCENTRIC:  # identity corners: g1 = g . (f1 - f0) = g[1] - g[0], g2 = g[2] - g[0]
@@ -1032,12 +1030,21 @@ def _hard_backward(
         g2 = grad_out[k * 3 + 2] - grad_out[k * 3]
     else:
         c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
-        for d in range(dims):
-            g = grad_out[k * dims + d]
-            if need_features != 0:
+        if need_features != 0:
+            # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
+            w0, w1, w2, norm = _crosses(
+                vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+            )
+            w0 = w0 / norm
+            w1 = w1 / norm
+            w2 = w2 / norm
+            for d in range(dims):
+                g = grad_out[k * dims + d]
                 wp.atomic_add(grad_feats, c + d, w0 * g)
                 wp.atomic_add(grad_feats, c + dims + d, w1 * g)
                 wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
+        for d in range(dims):
+            g = grad_out[k * dims + d]
             c0 = feats[c + d]
             g1 = g1 + g * (feats[c + dims + d] - c0)
             g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
@@ -1177,17 +1184,22 @@ _BARYCENTRIC = -1  # feature stride of broadcast identity corners: the features 
 
 
 def _hard_search(launch, vim, fvz, fnz, c: _Setup):
-    """(B*H*W,) int32 winning face per pixel, ``_NO_FACE`` for background."""
+    """(B*H*W,) int32 winning face per pixel, ``_NO_FACE`` or -1 for background, and the (B*H*W,)
+    z-buffer: the winner's interpolated z (unset where no face won, on the sequential path)."""
     batch, faces = vim.shape[:2]
     pixels = batch * c.ys.shape[0] * c.xs.shape[0]
-    zbuf = torch.full((pixels,), -torch.inf, dtype=vim.dtype, device=vim.device)
-    fidx = torch.full((pixels,), _NO_FACE, dtype=torch.int32, device=vim.device)
+    sequential = vim.device.type == "cpu" and SEQUENTIAL_CPU
+    if sequential:  # mode 2 needs no -inf fill, and -1 is already the background's index
+        zbuf = torch.empty((pixels,), dtype=vim.dtype, device=vim.device)
+        fidx = torch.full((pixels,), -1, dtype=torch.int32, device=vim.device)
+    else:
+        zbuf = torch.full((pixels,), -torch.inf, dtype=vim.dtype, device=vim.device)
+        fidx = torch.full((pixels,), _NO_FACE, dtype=torch.int32, device=vim.device)
     mesh = [_wp(vim.view(-1)), _wp(fvz.view(-1)), _wp(fnz.view(-1)), faces]
     grid = [_wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale, c.eps]
-    modes = (2,) if vim.device.type == "cpu" and SEQUENTIAL_CPU else (0, 1)
-    for mode in modes:
+    for mode in (2,) if sequential else (0, 1):
         launch(_hard_pass, batch * faces, [*mesh, *grid, mode, _wp(zbuf), _wp(fidx)])
-    return fidx
+    return fidx, zbuf
 
 
 class _SoftLists(NamedTuple):
@@ -1267,8 +1279,10 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
         face_end = torch.empty(batch * faces, dtype=torch.int32, device=device)
         args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), _wp(row_free), cap]
         args += [_wp(count), c.sigmainv, c.multiplier, _wp(face_end), _wp(entries), _wp(probs)]
-        launch(_soft_stream, batch * faces, [*args, w_soft, w_products])
-        launch(_soft_finish, batch * rows * columns, [w_fidx, height, width, w_window, w_soft, w_products])
+        # the uncovered window pixels (at most) and their count
+        touched = torch.zeros(batch * rows * columns + 1, dtype=torch.int32, device=device)
+        launch(_soft_stream, batch * faces, [*args, w_soft, w_products, _wp(touched)])
+        launch(_soft_finish, int(touched[-1]), [_wp(touched), w_soft, w_products])
         return _SoftStream(face_end, entries, probs, products)
     start = torch.empty_like(fidx)
     launch(_row_starts, batch * rows, [_wp(count), _wp(row_start), height, width, w_window, _wp(start)])
@@ -1299,7 +1313,7 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     """
     faces, dims = vim.shape[1], feats.shape[-1]
     fstride = _feature_stride(feats, c)
-    fidx = _hard_search(launch, vim, fvz, fnz, c)
+    fidx, _ = _hard_search(launch, vim, fvz, fnz, c)
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
     dense_dims = 0 if o.packed else dims
@@ -1486,6 +1500,17 @@ class _DibrRasterization(torch.autograd.Function):
         return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 7)
 
 
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are the same elements of the same storage (e.g. a view of the other)."""
+    return (
+        a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and a.data_ptr() == b.data_ptr()
+    )
+
+
 class _DepthMap(torch.autograd.Function):
     """The hard DIB-R pass alone, interpolating one value per corner into a dense map (no soft mask, no
     face index): forward and backward on contiguous batch slices, as ``_DibrRasterization``."""
@@ -1495,6 +1520,8 @@ class _DepthMap(torch.autograd.Function):
     def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps, scale):
         dtype, device = fvi.dtype, fvi.device
         batch = fvi.shape[0]
+        # values that are the depth test's z (the same memory): the map is the scaled z-buffer
+        from_z = _same_memory(values, fvz)
         fvi, values = fvi.detach().contiguous(), values.detach().contiguous()
         if scale != 1.0:  # the map interpolates the scaled values (here, on one thread: no torch op after)
             values = values * scale
@@ -1509,7 +1536,7 @@ class _DepthMap(torch.autograd.Function):
 
         def job(launch, sl):
             torch.mul(fvi[sl], multiplier, out=vim[sl])
-            fidx = _hard_search(launch, vim[sl], fvz[sl], fnz[sl], setup)
+            fidx, zbuf = _hard_search(launch, vim[sl], fvz[sl], fnz[sl], setup)
             args = [
                 _wp(vim[sl].view(-1)),
                 _wp(values[sl].view(-1)),
@@ -1518,7 +1545,8 @@ class _DepthMap(torch.autograd.Function):
                 _wp(xs),
                 _wp(ys),
             ]
-            launch(_depth_fill, fidx.numel(), [*args, setup.eps, _wp(empty[sl]), _wp(out[sl].view(-1))])
+            args += [setup.eps, _wp(empty[sl]), _wp(zbuf), parallel.scalar(dtype, scale if from_z else 0.0)]
+            launch(_depth_fill, fidx.numel(), [*args, _wp(out[sl].view(-1))])
             return fidx
 
         slices = parallel.split(device, batch, min_items=1)

@@ -929,7 +929,7 @@ class FusedComposite(torch.autograd.Function):
         image = mask.new_empty(mask.shape[0], 3)
         background_pass = (_composite_background, [mask, background, image], (0, 2))
         covered_pass = (_composite_covered, [mask, flat, colour, background, image], (1, 2))
-        _pixel_parts(mask.shape[0], flat, background_pass, covered_pass)
+        ctx.layout = _pixel_parts(mask.shape[0], flat, background_pass, covered_pass)
         ctx.save_for_backward(mask, colour, flat, background)
         return image
 
@@ -941,11 +941,14 @@ class FusedComposite(torch.autograd.Function):
         adj_image = adj_image.contiguous()
         background_pass = (_composite_background_backward, [background, adj_image, adj_mask], (1, 2))
         args = [mask, flat, colour, background, adj_image, adj_mask, adj_colour]
-        _pixel_parts(mask.shape[0], flat, background_pass, (_composite_covered_backward, args, (1, 2, 6)))
+        covered_pass = (_composite_covered_backward, args, (1, 2, 6))
+        _pixel_parts(mask.shape[0], flat, background_pass, covered_pass, ctx.layout)
         return adj_mask, adj_colour, None, None
 
 
-def _pixel_parts(n: int, flat: Tensor, background_pass: tuple, covered_pass: tuple) -> None:
+def _pixel_parts(
+    n: int, flat: Tensor, background_pass: tuple, covered_pass: tuple, layout: tuple | None = None
+) -> tuple:
     """Run a pass over all n pixels, then one over the covered pixels ``flat`` (flat indices), in parts
     (``warp_kernels.parallel``). A pass is (kernel, its arguments, the positions of the arguments sliced
     per part: per pixel, or per covered pixel).
@@ -953,26 +956,37 @@ def _pixel_parts(n: int, flat: Tensor, background_pass: tuple, covered_pass: tup
     With ``flat`` increasing (the rasterizer's order), part k runs both passes: the first on pixel range
     k, the second on the covered pixels inside that range, so no two parts write the same pixel, in one
     hand-off to the pool. Otherwise the passes run one after the other, each in its own parts.
+
+    Returns the layout (the parts, and where ``flat`` is cut, or None when it is not increasing); a
+    later call with the same ``n`` and ``flat`` (the backward) passes it back instead of finding it again.
     """
     if n == 0:
-        return
+        return [], None
     device = flat.device
-    parts = parallel.split(device, n, min_items=parallel.MIN_ITEMS_PER_PART)
-    if len(parts) > 1 and flat.shape[0] > 1 and not bool((flat[1:] > flat[:-1]).all()):
+    if layout is None:
+        parts = parallel.split(device, n, min_items=parallel.MIN_ITEMS_PER_PART)
+        cuts = None
+        if len(parts) == 1:  # one part: both passes in order over everything, whatever the order of flat
+            cuts = [0, flat.shape[0]]
+        elif flat.shape[0] <= 1 or bool((flat[1:] > flat[:-1]).all()):
+            starts = torch.tensor([sl.start for sl in parts] + [n], dtype=flat.dtype, device=device)
+            cuts = torch.searchsorted(flat, starts).tolist()
+        layout = parts, cuts
+    parts, cuts = layout
+    if cuts is None:
         for k, p in enumerate((background_pass, covered_pass)):
             count = n if k == 0 else flat.shape[0]
             ranges = parts if k == 0 else parallel.split(device, count, min_items=parallel.MIN_ITEMS_PER_PART)
             parallel.run_launches(
                 device, __name__, [[_pass_step(p, sl)] for sl in ranges if sl.stop > sl.start]
             )
-        return
-    starts = torch.tensor([sl.start for sl in parts] + [n], dtype=flat.dtype, device=device)
-    cuts = torch.searchsorted(flat, starts).tolist()
+        return layout
     steps = []
     for k, pixels in enumerate(parts):
         covered = slice(cuts[k], cuts[k + 1])
         steps.append([_pass_step(p, sl) for p, sl in ((background_pass, pixels), (covered_pass, covered))])
     parallel.run_launches(device, __name__, [[s for s in part if s is not None] for part in steps])
+    return layout
 
 
 def _pass_step(composite_pass: tuple, sl: slice) -> tuple | None:

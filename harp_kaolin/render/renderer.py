@@ -123,7 +123,7 @@ class Fragments:
             barycentrics=barycentrics.reshape(-1, 3)[flat_index],
             flat_index=flat_index,
             batch_index=batch_index,
-            face=face_idx.reshape(-1)[flat_index],
+            face=face_idx.reshape(-1).index_select(0, flat_index),
             soft_mask=soft_mask,
             face_idx=face_idx,
         )
@@ -211,7 +211,7 @@ def rasterize_mesh(
         barycentrics=out.features,
         flat_index=flat_index,
         batch_index=flat_index // (camera.height * camera.width),
-        face=out.face_idx.reshape(-1)[flat_index],
+        face=out.face_idx.reshape(-1).index_select(0, flat_index),  # ~5x faster than [flat_index] on CPU
         soft_mask=out.soft_mask,
         face_idx=out.face_idx,
     )
