@@ -87,18 +87,22 @@ def _timed(fn, inputs: list, device: str) -> tuple[object, float, float]:
     start = time.perf_counter()
     out = fn(*leaves)
     sync(device)
+    forward = time.perf_counter() - start
     outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
-    upstream = [torch.rand_like(o) for o in outs]
+    upstream = [torch.rand_like(o) for o in outs]  # not timed (for an image, longer than the step itself)
     sync(device)
     middle = time.perf_counter()
     torch.autograd.backward(outs, upstream)
     sync(device)
-    return out, (middle - start) * 1000.0, (time.perf_counter() - middle) * 1000.0
+    return out, forward * 1000.0, (time.perf_counter() - middle) * 1000.0
+
+
+STAGE_REPEATS = 5  # runs per step in --profile (medians): a single run also times first touches of memory
 
 
 def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
     """[forward ms, backward ms] of each step of ``Renderer.forward`` (the backend's own path), run one by
-    one from detached inputs."""
+    one from detached inputs, medians of ``STAGE_REPEATS`` runs."""
     from harp_kaolin.render import renderer as R
     from harp_kaolin.render.shading import light_view, pcf_visibility, shadow_map
     from warp_kernels.shading import composite as warp_composite
@@ -110,9 +114,9 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
     times = {}
 
     def stage(name, fn, *inputs):
-        out, fwd, bwd = _timed(fn, list(inputs), device)
-        times[name] = [round(fwd, 1), round(bwd, 1)]
-        return out
+        runs = [_timed(fn, list(inputs), device) for _ in range(STAGE_REPEATS)]
+        times[name] = [round(statistics.median(r[k] for r in runs), 1) for k in (1, 2)]
+        return runs[-1][0]
 
     frags = R.rasterize_mesh(r.camera, v, r.faces, r.backend)
 
