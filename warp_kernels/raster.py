@@ -532,15 +532,12 @@ def _row_counts(
     links: int,
     row_free: wp.array(dtype=wp.int32),
     row_total: wp.array(dtype=wp.int64),
-    soft: wp.array(dtype=Any),
-    zeros: wp.array(dtype=Any),
 ):
     """Per image row of the window: the row's total candidate count (at most ``cap`` per uncovered
     pixel) and, in ``row_free`` (W + 1 per image row), either the running count of uncovered pixels from
     the window's left column or, with ``links``, a link per column: itself if uncovered, else the next
     column (the sequential fill's "next open pixel" forest; the window's right column links to itself).
-    Without ``links`` ``count`` gets each pixel's candidate count; with ``links`` it is zeroed (the
-    stream sets ``soft`` and ``zeros`` of a pixel at its first face)."""
+    Without ``links`` ``count`` gets each pixel's candidate count; with ``links`` it is zeroed."""
     t = wp.tid()
     rows = window[1] - window[0]
     b = t // rows
@@ -1264,7 +1261,7 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     row_total = torch.zeros(batch * height, dtype=torch.int64, device=device)
     products = torch.empty(fidx.numel() if stream else 0, dtype=dtype, device=device)
     w_soft, w_fidx, w_products = _wp(soft), _wp(fidx), _wp(products)
-    out = [_wp(count), int(stream), _wp(row_free), _wp(row_total), w_soft, w_products]
+    out = [_wp(count), int(stream), _wp(row_free), _wp(row_total)]
     launch(_row_counts, batch * rows, [_wp(corners), w_fidx, height, width, cap, w_window, *out])
     if stream:
         total = int(row_total.sum())
@@ -1279,8 +1276,9 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
         face_end = torch.empty(batch * faces, dtype=torch.int32, device=device)
         args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), _wp(row_free), cap]
         args += [_wp(count), c.sigmainv, c.multiplier, _wp(face_end), _wp(entries), _wp(probs)]
-        # the uncovered window pixels (at most) and their count
-        touched = torch.zeros(batch * rows * columns + 1, dtype=torch.int32, device=device)
+        # the pixels the stream reaches (at most the window's) and, last, their count
+        touched = torch.empty(batch * rows * columns + 1, dtype=torch.int32, device=device)
+        touched[-1] = 0
         launch(_soft_stream, batch * faces, [*args, w_soft, w_products, _wp(touched)])
         launch(_soft_finish, int(touched[-1]), [_wp(touched), w_soft, w_products])
         return _SoftStream(face_end, entries, probs, products)
