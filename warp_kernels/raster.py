@@ -289,13 +289,24 @@ def _hard_pass(
                 z = w0 / norm * az + w1 / norm * bz + w2 / norm * cz
                 p = row + j
                 if mode == 2:  # fidx starts at -1 and zbuf unset: the first face only has to beat -inf
-                    if (fidx[p] < 0 and z > -wp.inf) or (fidx[p] >= 0 and z > zbuf[p]):
+                    won = fidx[p] >= 0
+                    if (not won and z > -wp.inf) or (won and z > zbuf[p]):
                         zbuf[p] = z
                         fidx[p] = f
                 elif mode == 0:
                     wp.atomic_max(zbuf, p, z)
                 elif z == zbuf[p]:
                     wp.atomic_min(fidx, p, f)
+
+
+@wp.func
+def _is_background(fidx: wp.array(dtype=wp.int32), p: int, f: int):
+    """Whether no face won pixel p (``f = fidx[p]``): -1 from the sequential pass, ``_NO_FACE`` from the
+    atomic ones, which becomes -1 here."""
+    if f == _NO_FACE:
+        fidx[p] = -1
+        return True
+    return f < 0
 
 
 @wp.func
@@ -356,9 +367,7 @@ def _interpolate(
     launches only) the covered pixels are also listed there, in increasing order, ``count[0]`` of them."""
     p = wp.tid()
     f = fidx[p]
-    if f < 0 or f == _NO_FACE:
-        if f == _NO_FACE:
-            fidx[p] = -1
+    if _is_background(fidx, p, f):
         face_idx[p] = wp.int64(-1)
         soft[p] = type(eps)(0.0)
         return
@@ -389,9 +398,7 @@ def _depth_fill(
     ``zscale`` times the winner's z from ``zbuf`` (the same sum of the same products) instead."""
     p = wp.tid()
     f = fidx[p]
-    if f < 0 or f == _NO_FACE:
-        if f == _NO_FACE:
-            fidx[p] = -1
+    if _is_background(fidx, p, f):
         out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
         return
     if zscale != type(eps)(0.0):  # the values are the z of the depth test: the winner's z, scaled
