@@ -288,7 +288,7 @@ def _command(kernel, dim, args: list, device: torch.device, slot):
     return command
 
 
-def run_launches(device: torch.device, module: str, parts: Sequence[Sequence]) -> None:
+def run_launches(device: torch.device, module: str | Sequence[str], parts: Sequence[Sequence]) -> None:
     """Each part's steps in order, the parts at the same time (``run``). A step is a launch
     ``(kernel, dim, args)`` (as ``launch_tensors``) or a callable (e.g. an accumulator's ``zero_``).
 
@@ -339,12 +339,13 @@ def _serial_helper() -> None:
         torch.set_num_threads(1)
 
 
-def run(device: torch.device, module: str, items: Sequence, job: Callable) -> list:
+def run(device: torch.device, module: str | Sequence[str] | None, items: Sequence, job: Callable) -> list:
     """``[job(item) for item in items]``: the first item on the calling thread, the others at the same
     time on a thread pool, inside ``torch_serial``.
 
-    ``module`` is the ``__name__`` of the module whose kernels the jobs launch: it is built and loaded
-    once before the threads start, so they never race on compiling it (None: the jobs launch none).
+    ``module`` is the ``__name__`` of the module whose kernels the jobs launch (or a sequence of them): it
+    is built and loaded once before the threads start, so they never race on compiling it (None: the jobs
+    launch none).
     """
     if len(items) == 1:
         return [job(items[0])]
@@ -352,12 +353,12 @@ def run(device: torch.device, module: str, items: Sequence, job: Callable) -> li
         return _run(device, module, items, job)
 
 
-def _run(device: torch.device, module: str | None, items: Sequence, job: Callable) -> list:
-    if module is not None:
+def _run(device: torch.device, module: str | Sequence[str] | None, items: Sequence, job: Callable) -> list:
+    for name in () if module is None else (module,) if isinstance(module, str) else module:
         wp_device = wp.device_from_torch(device)
-        if (module, wp_device.alias) not in _LOADED:
-            wp.load_module(sys.modules[module], device=wp_device)
-            _LOADED.add((module, wp_device.alias))
+        if (name, wp_device.alias) not in _LOADED:
+            wp.load_module(sys.modules[name], device=wp_device)
+            _LOADED.add((name, wp_device.alias))
     if not _HELPERS_BUSY.acquire(blocking=False):  # in use: another thread's run, or a nested one
         return [job(item) for item in items]
     try:

@@ -21,7 +21,7 @@ N covered pixels.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -35,6 +35,8 @@ from harp_kaolin.render.shading import (
     SHADOW_SHARPNESS,
     SHADOW_SIZE,
     lambert,
+    light_view,
+    shadow_map,
     shadow_visibility,
 )
 from harp_kaolin.render.texture import (
@@ -47,7 +49,7 @@ from harp_kaolin.render.texture import (
 )
 from warp_kernels import parallel
 from warp_kernels.interpolate import interpolate as warp_interpolate
-from warp_kernels.shading import composite as warp_composite
+from warp_kernels.pipeline import render_pixels
 from warp_kernels.shading import fused_shade
 from warp_kernels.shading import surface_frames as warp_surface_frames
 
@@ -456,49 +458,61 @@ class Renderer(torch.nn.Module):
     def _render(
         self, vertices: Tensor, albedo: Tensor, normal_map: Tensor, light: Tensor, ambient: Tensor
     ) -> RenderOutput:
-        warp = self.backend == "warp"
-        faces, face_uvs, face_wedges, wedge_vertex = (
-            (self.faces_i32, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32)
-            if warp
-            else (self.faces, self.face_uvs, self.face_wedges, self.wedge_vertex)
+        if self.backend == "warp":
+            return self._render_warp(vertices, albedo, normal_map, light, ambient)
+        faces, face_uvs, face_wedges = self.faces, self.face_uvs, self.face_wedges
+        frags = rasterize_mesh(self.camera, vertices, faces, self.backend, **self.raster_options)
+        frames = surface_frames(
+            vertices, faces, self.uvs, face_uvs, face_wedges, self.wedge_vertex, self.backend
         )
-        # Warp: each tensor that feeds several ops goes to each through its own alias (parallel.fan_out),
-        # so their gradients are summed on one thread instead of by the autograd engine on all of them.
-        v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4) if warp else (vertices,) * 4
-        frags = rasterize_mesh(self.camera, v_raster, faces, self.backend, **self.raster_options)
-        frames = surface_frames(v_frames, faces, self.uvs, face_uvs, face_wedges, wedge_vertex, self.backend)
-        topology = (faces, self.uvs, face_uvs, face_wedges, self.signs)
-        shade_frags = frags
-        if warp:
-            bary_pixels, bary_shade = parallel.fan_out(frags.barycentrics, 2)
-            pixels = interpolate_positions(replace(frags, barycentrics=bary_pixels), v_pixels, faces)
-            shade_frags = replace(frags, barycentrics=bary_shade)
-        else:
-            pixels = interpolate_pixels(frags, v_pixels, frames, *topology)
+        pixels = interpolate_pixels(
+            frags, vertices, frames, faces, self.uvs, face_uvs, face_wedges, self.signs
+        )
         vis = None
-        shade_pixels_in = pixels
         if self.shadows:
-            position = pixels.position
-            if warp:
-                position, shade_position = parallel.fan_out(position, 2)
-                shade_pixels_in = replace(pixels, position=shade_position)
             vis = shadow_visibility(
-                v_shadow, faces, position, pixels.batch_index, light, self.shadow_size,
+                vertices, faces, pixels.position, pixels.batch_index, light, self.shadow_size,
                 self.shadow_sharpness, self.shadow_bias, backend=self.backend,
             )  # fmt: skip
-        if warp:
-            colour, normals = shade_pixels_fused(
-                shade_frags, shade_pixels_in, frames, *topology, albedo, normal_map, light, ambient, vis
-            )
-            image = warp_composite(colour, pixels.flat_index, frags.soft_mask, self._background(colour))
-        else:
-            colour, normals = shade_pixels(pixels, albedo, normal_map, light, ambient, vis)
-            image = composite_pixels(colour, pixels, frags.soft_mask, self._background(colour))
+        colour, normals = shade_pixels(pixels, albedo, normal_map, light, ambient, vis)
+        image = composite_pixels(colour, pixels, frags.soft_mask, self._background(colour))
         return RenderOutput(
             image=image,
             silhouette=frags.soft_mask,
             face_idx=frags.face_idx,
             pixels=pixels,
+            pixel_normals=normals,
+            pixel_visibility=vis,
+        )
+
+    def _render_warp(
+        self, vertices: Tensor, albedo: Tensor, normal_map: Tensor, light: Tensor, ambient: Tensor
+    ) -> RenderOutput:
+        """The Warp path: rasterization, surface frames and shadow map, then every per-pixel step in one op
+        (``warp_kernels.pipeline``). Each consumer of the vertices gets its own alias (``parallel.fan_out``),
+        so their gradients are summed on one thread instead of by the autograd engine on all of them."""
+        faces = self.faces_i32
+        v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4)
+        frags = rasterize_mesh(self.camera, v_raster, faces, "warp", **self.raster_options)
+        frames = surface_frames(
+            v_frames, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32, "warp"
+        )
+        shadow = None
+        if self.shadows:
+            view = light_view(v_shadow, light, self.shadow_size, backend="warp")
+            depth = shadow_map(v_shadow, faces, view, "warp")
+            shadow = (depth, view.rotation, view.eye, view.focal, view.size)
+            shadow += (self.shadow_sharpness, self.shadow_bias)
+        image, normals, position, vis = render_pixels(
+            frags.barycentrics, frags.batch_index, frags.face, frags.flat_index, v_pixels, frames.normals,
+            frames.tangents, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.signs, albedo,
+            normal_map, light, ambient, frags.soft_mask, self._background(vertices), shadow,
+        )  # fmt: skip
+        return RenderOutput(
+            image=image,
+            silhouette=frags.soft_mask,
+            face_idx=frags.face_idx,
+            pixels=Pixels(flat_index=frags.flat_index, batch_index=frags.batch_index, position=position),
             pixel_normals=normals,
             pixel_visibility=vis,
         )
