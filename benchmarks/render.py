@@ -102,11 +102,10 @@ STAGE_REPEATS = 5  # runs per step in --profile (medians): a single run also tim
 
 def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
     """[forward ms, backward ms] of each step of ``Renderer.forward`` (the backend's own path), run one by
-    one from detached inputs, medians of ``STAGE_REPEATS`` runs."""
+    one from detached inputs, medians of ``STAGE_REPEATS`` runs. The Warp path runs the per-pixel steps
+    (interpolate, shadow lookup, shade, composite) as one op: one "pixels" stage."""
     from harp_kaolin.render import renderer as R
     from harp_kaolin.render.shading import light_view, pcf_visibility, shadow_map
-    from warp_kernels.shading import composite as warp_composite
-    from warp_kernels.shadow import project_points
 
     r, v, b = renderer, s["vertices"], s["vertices"].shape[0]
     light, ambient = s["light"].expand(b, 3), s["ambient"].expand(b, 1)
@@ -134,53 +133,60 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
     normals, tangents = normals.detach(), tangents.detach()
     shading_topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.signs)
 
+    if warp:  # the Renderer's path: every per-pixel step in one op (warp_kernels.pipeline)
+        from warp_kernels.pipeline import render_pixels
+
+        shadow_inputs = []
+        if r.shadows:
+            view = light_view(v, light, r.shadow_size, backend=r.backend)
+            depth_map = stage("shadow_map", lambda x: shadow_map(x, r.faces, view, r.backend), v)
+            shadow_inputs = [depth_map.detach(), view.rotation, view.eye]
+
+        def pixels(bary, x, n, t, albedo, normal_map, mask, *shadow):
+            view_args = None
+            if shadow:
+                view_args = (*shadow, view.focal, view.size, r.shadow_sharpness, r.shadow_bias)
+            out = render_pixels(
+                bary, frags.batch_index, frags.face, frags.flat_index, x, n, t, r.faces, r.uvs, r.face_uvs,
+                r.face_wedges, r.signs, albedo, normal_map, light, ambient, mask, 1.0, view_args,
+            )  # fmt: skip
+            return out[0]
+
+        args = [frags.barycentrics, v, normals, tangents, s["albedo"], s["normal"], frags.soft_mask]
+        stage("pixels", pixels, *args, *shadow_inputs)
+        return times
+
     def fragments(w):
         return R.Fragments(
             w, frags.flat_index, frags.batch_index, frags.face, frags.soft_mask, frags.face_idx
         )
 
     def interpolate(x, w, n, t):
-        if warp:
-            return R.interpolate_positions(fragments(w), x, r.faces).position
-        p = R.interpolate_pixels(fragments(w), x, R.SurfaceFrames(n, t), *shading_topology)
-        return p.position, p.uv, p.normal, p.tangent, p.bitangent
+        q = R.interpolate_pixels(fragments(w), x, R.SurfaceFrames(n, t), *shading_topology)
+        return q.position, q.uv, q.normal, q.tangent, q.bitangent
 
     attrs = stage("interpolate", interpolate, v, frags.barycentrics, normals, tangents)
-    attrs = tuple(a.detach() for a in (attrs if isinstance(attrs, tuple) else (attrs,)))
+    attrs = tuple(a.detach() for a in attrs)
     pixels = R.Pixels(frags.flat_index, frags.batch_index, *attrs)
     vis = None
     if r.shadows:
         view = light_view(v, light, r.shadow_size, backend=r.backend)
         depth_map = stage("shadow_map", lambda x: shadow_map(x, r.faces, view, r.backend), v)
 
-        def lookup(m, p):
-            if warp:
-                coords, depth = project_points(
-                    p, pixels.batch_index, view.rotation, view.eye, view.focal, view.size
-                )
-            else:
-                coords, depth = view.project(p, pixels.batch_index)
+        def lookup(m, q):
+            coords, depth = view.project(q, pixels.batch_index)
             return pcf_visibility(
                 m, coords, depth, pixels.batch_index, r.shadow_sharpness, r.shadow_bias, r.backend
             )
 
         vis = stage("shadow_lookup", lookup, depth_map, pixels.position).detach()
 
-    def shade(albedo, normal_map, w, n, t, *values):
-        if warp:
-            p = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
-            frames = R.SurfaceFrames(n, t)
-            args = (*shading_topology, albedo, normal_map, light, ambient, vis)
-            return R.shade_pixels_fused(fragments(w), p, frames, *args)
-        p = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
-        return R.shade_pixels(p, albedo, normal_map, light, ambient, vis)
+    def shade(albedo, normal_map, *values):
+        q = R.Pixels(pixels.flat_index, pixels.batch_index, *values)
+        return R.shade_pixels(q, albedo, normal_map, light, ambient, vis)
 
-    colour, _ = stage("shade", shade, s["albedo"], s["normal"], frags.barycentrics, normals, tangents, *attrs)
-
-    def composite(c, m):
-        return warp_composite(c, pixels.flat_index, m) if warp else R.composite_pixels(c, pixels, m)
-
-    stage("composite", composite, colour, frags.soft_mask)
+    colour, _ = stage("shade", shade, s["albedo"], s["normal"], *attrs)
+    stage("composite", lambda c, m: R.composite_pixels(c, pixels, m), colour, frags.soft_mask)
     return times
 
 

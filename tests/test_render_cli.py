@@ -151,3 +151,23 @@ def test_render_fps_benchmark_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["fps"] > 0 and result["ms_per_frame"] == pytest.approx(1000 / result["fps"], rel=0.01)
     assert result["device"] == "cpu" and result["size"] == 48 and result["covered_fraction"] > 0
+
+
+def test_render_benchmark_profile_json(capsys, monkeypatch):
+    """benchmarks/render.py on a small image: one JSON object with both backends' times and where the
+    time goes (the Warp path's per-pixel steps are one op, one stage)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("render_bench", ROOT / "benchmarks" / "render.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--size", "32", "--batch", "1", "--repeats", "2", "--torch-repeats", "1", "--warmup", "0"]
+    assert bench.main([*argv, "--profile", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["warp_ms"] > 0 and result["torch_ms"] > 0 and result["device"] == "cpu"
+    assert result["image_max_abs_diff"] < 1e-4
+    stages = result["stages_ms"]
+    assert list(stages["warp"]) == ["rasterize", "surface_frames", "shadow_map", "pixels"]
+    assert list(stages["torch"]) == [
+        "rasterize", "surface_frames", "interpolate", "shadow_map", "shadow_lookup", "shade", "composite",
+    ]  # fmt: skip
+    assert all(len(ms) == 2 and min(ms) >= 0 for times in stages.values() for ms in times.values())

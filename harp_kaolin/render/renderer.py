@@ -10,9 +10,11 @@ attribute (position, UV, normal, tangent, handedness) is then interpolated with 
 pixels only. This is exactly DIB-R's feature interpolation, but the dense per-pixel tensors stay 3 wide
 and the per-pixel work scales with the hand's pixels, not the image.
 
-Backends: "warp" computes the surface frames, the per-pixel interpolation + texturing + normal mapping +
-Lambert, and the composite in fused Warp kernels (``warp_kernels.shading``); "torch" and "kaolin" use the
-plain torch functions below, which are those kernels' twins (tests/test_fused_shading.py).
+Backends: "warp" computes the surface frames in fused Warp kernels (``warp_kernels.shading``) and every
+per-pixel step (position interpolation, shadow lookup, texturing + normal mapping + Lambert, composite)
+in one op (``warp_kernels.pipeline``, whose kernels are those of the separate Warp functions below);
+"torch" and "kaolin" use the plain torch functions below, which are those kernels' twins
+(tests/test_fused_shading.py, tests/test_shadow.py, tests/test_pipeline.py).
 
 Dimension names: B batch, V vertices, F faces, U uv vertices, W wedges, H W image, Ht Wt texture,
 N covered pixels.
