@@ -162,3 +162,20 @@ def test_covered_pixels_out_of_order_are_refused():
     f["flat"] = f["flat"].flip(0)
     with pytest.raises(ValueError, match="flat_index must be increasing"):
         fused(x, f)
+
+
+def test_no_covered_pixels_gives_the_background(parts):
+    """No face on any pixel: the image is the background through the soft mask, whose gradient is the
+    only one (the other inputs get zeros)."""
+    x, f = inputs("cpu", size=48)
+    f.update(flat=f["flat"][:0], batch_index=f["batch_index"][:0], face=f["face"][:0])
+    x["bary"] = x["bary"][:0].detach().requires_grad_(True)
+    image, normals, position, visibility = fused(x, f)
+    assert normals.shape == position.shape == (0, 3) and visibility.shape == (0,)
+    bg = torch.tensor(BACKGROUND)
+    torch.testing.assert_close(image, (1 - x["mask"][..., None]) * bg, atol=1e-6, rtol=0)
+    w = torch.randn(image.shape, generator=torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad((image * w).sum(), [x[k] for k in NAMES])
+    for name, g in zip(NAMES, grads):
+        expected = -(w * bg).sum(-1) if name == "mask" else torch.zeros_like(x[name])
+        torch.testing.assert_close(g, expected, atol=1e-6, rtol=0, msg=name)
