@@ -12,7 +12,7 @@ and the per-pixel work scales with the hand's pixels, not the image.
 
 Backends: "warp" computes the surface frames in fused Warp kernels (``warp_kernels.shading``) and every
 per-pixel step (position interpolation, shadow lookup, texturing + normal mapping + Lambert, composite)
-in one op (``warp_kernels.pipeline``, whose kernels are those of the separate Warp functions below);
+in one op (``warp_kernels.pipeline``, running the kernels of the separate ops of ``warp_kernels``);
 "torch" and "kaolin" use the plain torch functions below, which are those kernels' twins
 (tests/test_fused_shading.py, tests/test_shadow.py, tests/test_pipeline.py).
 
@@ -50,9 +50,7 @@ from harp_kaolin.render.texture import (
     wedges,
 )
 from warp_kernels import parallel
-from warp_kernels.interpolate import interpolate as warp_interpolate
 from warp_kernels.pipeline import render_pixels
-from warp_kernels.shading import fused_shade
 from warp_kernels.shading import surface_frames as warp_surface_frames
 
 BACKENDS = ("warp", "torch", "kaolin")
@@ -154,8 +152,8 @@ class Pixels:
         flat_index: (N,) long index into the flattened (B * H * W) image.
         batch_index: (N,) long batch item.
         position: (N, 3) camera coordinates; uv: (N, 2); normal, tangent, bitangent: (N, 3), not unit.
-            uv, normal, tangent and bitangent are None from ``interpolate_positions`` (the fused Warp
-            shading interpolates them itself).
+            uv, normal, tangent and bitangent are None from the Warp renderer (its per-pixel op,
+            ``warp_kernels.pipeline``, interpolates them itself).
     """
 
     flat_index: Tensor
@@ -276,46 +274,6 @@ def interpolate_pixels(
         tangent=tangent,
         bitangent=bitangents(normal, tangent, sign[:, 0]),
     )
-
-
-def interpolate_positions(fragments: Fragments, vertices: Tensor, faces: Tensor) -> Pixels:
-    """Covered pixels with only their interpolated positions (the input of ``shade_pixels_fused``), in a
-    Warp kernel (``warp_kernels.interpolate``; its twin is ``interpolate_pixels``)."""
-    b = fragments.batch_index
-    position = warp_interpolate(fragments.barycentrics, vertices, b, fragments.face, faces)
-    return Pixels(flat_index=fragments.flat_index, batch_index=b, position=position)
-
-
-def shade_pixels_fused(
-    fragments: Fragments,
-    pixels: Pixels,
-    frames: SurfaceFrames,
-    faces: Tensor,
-    uvs: Tensor,
-    face_uvs: Tensor,
-    face_wedges: Tensor,
-    signs: Tensor,
-    albedo: Tensor,
-    normal_map: Tensor,
-    light: Tensor,
-    ambient: Tensor,
-    visibility: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """``interpolate_pixels`` + ``shade_pixels`` in one Warp kernel (``warp_kernels.shading``).
-
-    Args:
-        fragments: main-pass rasterization; pixels: from ``interpolate_positions``; frames: vertex frames.
-        faces, face_uvs, face_wedges: (F, 3) long; uvs: (U, 2); signs: (W,) wedge handedness.
-        albedo, normal_map, light, ambient, visibility: as ``shade_pixels``.
-
-    Returns:
-        colour (N, 3) and unit shading normals (N, 3).
-    """
-    return fused_shade(
-        fragments.barycentrics, pixels.batch_index, fragments.face, pixels.position, frames.normals,
-        frames.tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light, ambient,
-        visibility,
-    )  # fmt: skip
 
 
 def shade_pixels(
