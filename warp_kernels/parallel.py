@@ -322,11 +322,6 @@ def run_launches(device: torch.device, module: str | Sequence[str], parts: Seque
     run(device, module, list(range(len(parts))), job)
 
 
-def launch(kernel, dim: int, args: list) -> None:
-    """``launch_tensors`` on the device of the first argument (a tensor)."""
-    launch_tensors(kernel, dim, args, args[0].device)
-
-
 def _serial_helper() -> None:
     """First thing on a pool thread: its torch ops (views, allocations) run on that thread alone.
 
@@ -354,8 +349,9 @@ def run(device: torch.device, module: str | Sequence[str] | None, items: Sequenc
 
 
 def _run(device: torch.device, module: str | Sequence[str] | None, items: Sequence, job: Callable) -> list:
-    for name in () if module is None else (module,) if isinstance(module, str) else module:
-        wp_device = wp.device_from_torch(device)
+    names = () if module is None else (module,) if isinstance(module, str) else module
+    wp_device = wp.device_from_torch(device) if names else None
+    for name in names:
         if (name, wp_device.alias) not in _LOADED:
             wp.load_module(sys.modules[name], device=wp_device)
             _LOADED.add((name, wp_device.alias))
