@@ -31,6 +31,17 @@ def anny_hand_sub():
     return load_hand("anny", subdivide=1)
 
 
+@pytest.fixture(params=[None, 3], ids=["chunk_default", "chunk_3"])
+def cpu_chunk(request, monkeypatch):
+    """Items per kernel thread of Warp's ``chunked`` CPU kernels: the default, then 3 (many chunks, and item
+    counts that are not a multiple of it, even in the small test scenes)."""
+    from warp_kernels import parallel
+
+    if request.param is not None:
+        monkeypatch.setattr(parallel, "CPU_CHUNK", request.param)
+    return request.param
+
+
 @pytest.fixture
 def two_threads():
     """torch (and so the Warp parts) on two CPU threads for the test (restored after)."""

@@ -200,6 +200,55 @@ def test_frames_gradcheck_float64(device):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("split", [False, True], ids=["one_part", "two_parts"])
+def test_frames_of_the_pixels_faces_are_the_full_frames(device, split, two_threads, monkeypatch):
+    """With ``pixels`` (the (item, face) of some pixels) the Warp frames at those faces' corners are the
+    frames of the full computation bit for bit, every other frame is zero, and the vertex gradient of a
+    loss on the corner frames is the full computation's, bit for bit (the faces it skips add only
+    zeros there). An item without pixels gets no frame."""
+    if split:
+        monkeypatch.setattr(parallel, "MIN_ITEMS_PER_PART", 1)  # items split over two threads
+    s, t = scene(device, n=8, batch=3)
+    args = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"])
+    batch_index = torch.tensor([0, 0, 0, 2, 2, 2, 2], device=device)
+    face = torch.tensor([3, 3, 20, 40, 41, 97, 40], device=device)
+    mark = torch.zeros(3, s["vertices"].shape[1], dtype=torch.bool, device=device)
+    mark[batch_index[:, None], t["faces"][face]] = True
+    wedge_mark = mark[:, t["wedge_vertex"]]
+    assert 0 < mark.float().mean() < 0.25 and not mark[1].any()
+    g = torch.Generator().manual_seed(4)
+    w_n = torch.randn(mark.shape + (3,), generator=g).to(device) * mark[..., None]
+    w_t = torch.randn(wedge_mark.shape + (3,), generator=g).to(device) * wedge_mark[..., None]
+    results = []
+    for pixels in (None, (batch_index, face)):
+        v = s["vertices"].detach().clone().requires_grad_(True)
+        normals, tangents = warp_surface_frames(v, *args, pixels=pixels)
+        ((normals * w_n).sum() + (tangents * w_t).sum()).backward()
+        results.append((normals.detach(), tangents.detach(), v.grad))
+    (full_n, full_t, full_g), (part_n, part_t, part_g) = results
+    assert torch.equal(part_n[mark], full_n[mark]) and torch.equal(part_t[wedge_mark], full_t[wedge_mark])
+    assert not part_n[~mark].any() and not part_t[~wedge_mark].any()
+    assert full_g.abs().max() > 0 and torch.equal(part_g, full_g)
+
+
+def test_frames_pixels_are_checked():
+    s, t = scene("cpu", n=4, batch=2)
+    args = (t["faces"], t["uvs"], t["face_uvs"], t["face_wedges"], t["wedge_vertex"])
+    faces = t["faces"].shape[0]
+    cases = [
+        ((torch.tensor([1, 0]), torch.tensor([0, 1])), "sorted"),
+        ((torch.tensor([0, 2]), torch.tensor([0, 1])), "out of range"),
+        ((torch.tensor([0, 1]), torch.tensor([0, faces])), "out of range"),
+        ((torch.tensor([0, 1]), torch.tensor([-1, 1])), "out of range"),
+        ((torch.tensor([0, 1]), torch.tensor([0])), "two \\(N,\\) tensors"),
+        ((torch.tensor([0.0, 1.0]), torch.tensor([0, 1])), "integer"),
+    ]
+    for pixels, message in cases:
+        with pytest.raises(ValueError, match=message):
+            warp_surface_frames(s["vertices"], *args, pixels=pixels)
+
+
 # ------------------------------------------------------------------------------------ composite
 def composite_inputs(device, dtype=torch.float32, seed=0):
     s, _ = scene(device, dtype=dtype, seed=seed)

@@ -40,7 +40,7 @@ def both(args, upstream):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels", [1, 3, 4])
-def test_matches_torch(device, channels):
+def test_matches_torch(device, channels, cpu_chunk):
     args = case(device, channels=channels)
     upstream = torch.randn(args[0].shape[0], channels, generator=torch.Generator().manual_seed(1)).to(device)
     for got, expected in zip(*both(args, upstream)):

@@ -48,6 +48,22 @@ def test_replayed_launch_takes_new_arguments(dtype):
         assert not torch.equal(got_soft, soft)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_kernel_runs_every_item_once(chunk, monkeypatch):
+    """A ``chunked`` kernel (``_soft_finish``) runs each of its items exactly once whatever the items per
+    thread, counts that are not a multiple of it included: each item changes its pixel, and a pixel run
+    twice (or never) would differ from the twin."""
+    monkeypatch.setattr(parallel, "CPU_CHUNK", chunk)
+    assert _soft_finish in parallel._CHUNKED
+    for seed, (pixels, count) in enumerate([(70, 1), (70, chunk), (70, chunk + 1), (200, 2 * chunk + 5)]):
+        count = min(count, pixels)
+        touched, soft, zeros = finish_inputs(pixels, count, seed)
+        ref_soft, ref_zeros = finish_reference(touched, soft, zeros)
+        got_soft, got_zeros = launch_finish(touched, soft.clone(), zeros.clone())
+        torch.testing.assert_close(got_soft, ref_soft, rtol=0, atol=0)
+        torch.testing.assert_close(got_zeros, ref_zeros, rtol=0, atol=0)
+
+
 def test_two_threads_launch_the_same_kernel():
     """Each pool thread replays its own recorded launch: two parts launched at once stay independent."""
     inputs = [finish_inputs(90, 60, seed) for seed in (10, 11)]

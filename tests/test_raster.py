@@ -70,7 +70,7 @@ def run_both(height, width, scene, **kwargs):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("height,width,knum,boxlen", RANDOM_CASES)
-def test_forward_matches_twin(device, height, width, knum, boxlen):
+def test_forward_matches_twin(device, height, width, knum, boxlen, cpu_chunk):
     scene = random_scene(dims=(3, 2), device=device)
     (wf, ws, wi), (tf, ts, ti) = run_both(height, width, scene, knum=knum, boxlen=boxlen)
     assert isinstance(wf, list) and [f.shape[-1] for f in wf] == [3, 2]
@@ -86,7 +86,7 @@ def test_forward_matches_twin(device, height, width, knum, boxlen):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("height,width,knum,boxlen", RANDOM_CASES)
-def test_backward_matches_twin(device, height, width, knum, boxlen):
+def test_backward_matches_twin(device, height, width, knum, boxlen, cpu_chunk):
     fvz, fvi, feats, fnz = random_scene(dims=(4,), device=device, seed=1)
     g = torch.Generator().manual_seed(2)
     up_feat = torch.randn(2, height, width, 4, generator=g).to(device)
@@ -383,7 +383,7 @@ def depth_map_twin(height, width, fvz, fvi, values, fnz, empty):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_depth_map_matches_twin(device):
+def test_depth_map_matches_twin(device, cpu_chunk):
     fvz, fvi, feats, fnz = random_scene(batch=3, faces=50, dims=(1,), device=device, seed=7)
     values = feats[0][..., 0]
     empty = torch.tensor([5.0, -2.0, 0.5], device=device)

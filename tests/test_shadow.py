@@ -29,7 +29,7 @@ def random_case(device, dtype=torch.float32, b=2, size=8, n=40, seed=0, spread=0
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_pcf_forward_matches_twin(device):
+def test_pcf_forward_matches_twin(device, cpu_chunk):
     args = random_case(device)
     got = pcf_visibility(*args, sharpness=1000.0, bias=0.005)
     expected = reference.pcf_visibility(*args, sharpness=1000.0, bias=0.005)
@@ -39,7 +39,7 @@ def test_pcf_forward_matches_twin(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("spread", [0.004, 0.5])  # 0.5 m: saturated sigmoids must keep finite gradients
-def test_pcf_backward_matches_twin(device, spread):
+def test_pcf_backward_matches_twin(device, spread, cpu_chunk):
     depth_map, coords, depth, batch_index = random_case(device, seed=1, spread=spread)
     upstream = torch.randn(depth.shape, generator=torch.Generator().manual_seed(2)).to(device)
     grads = []
@@ -176,7 +176,7 @@ def projection_case(n=40, b=3, dtype=torch.float64, seed=6):
     return view, points, batch_index
 
 
-def test_project_points_matches_light_view_project():
+def test_project_points_matches_light_view_project(cpu_chunk):
     view, points, batch_index = projection_case()
     upstream = torch.randn(points.shape[0], 3, generator=torch.Generator().manual_seed(7), dtype=points.dtype)
     results = []

@@ -22,6 +22,7 @@ from warp_kernels import parallel
 wp.set_module_options({"enable_backward": False})
 
 
+@parallel.chunked
 @wp.kernel
 def _interpolate(
     bary: wp.array2d(dtype=Any),
@@ -30,20 +31,24 @@ def _interpolate(
     faces: wp.array2d(dtype=wp.int32),
     values: wp.array3d(dtype=Any),
     out: wp.array2d(dtype=Any),
+    items: int,
+    chunk: int,
 ):
-    k = wp.tid()
-    b = batch_index[k]
-    f = face[k]
-    i0 = faces[f, 0]
-    i1 = faces[f, 1]
-    i2 = faces[f, 2]
-    w0 = bary[k, 0]
-    w1 = bary[k, 1]
-    w2 = bary[k, 2]
-    for c in range(values.shape[2]):
-        out[k, c] = w0 * values[b, i0, c] + w1 * values[b, i1, c] + w2 * values[b, i2, c]
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[k]
+        f = face[k]
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        w0 = bary[k, 0]
+        w1 = bary[k, 1]
+        w2 = bary[k, 2]
+        for c in range(values.shape[2]):
+            out[k, c] = w0 * values[b, i0, c] + w1 * values[b, i1, c] + w2 * values[b, i2, c]
 
 
+@parallel.chunked
 @wp.kernel
 def _interpolate_backward(
     bary: wp.array2d(dtype=Any),
@@ -54,30 +59,33 @@ def _interpolate_backward(
     adj_out: wp.array2d(dtype=Any),
     adj_bary: wp.array2d(dtype=Any),
     adj_values: wp.array3d(dtype=Any),
+    items: int,
+    chunk: int,
 ):
-    k = wp.tid()
-    b = batch_index[k]
-    f = face[k]
-    i0 = faces[f, 0]
-    i1 = faces[f, 1]
-    i2 = faces[f, 2]
-    w0 = bary[k, 0]
-    w1 = bary[k, 1]
-    w2 = bary[k, 2]
-    g0 = type(w0)(0.0)
-    g1 = type(w0)(0.0)
-    g2 = type(w0)(0.0)
-    for c in range(values.shape[2]):
-        g = adj_out[k, c]
-        g0 += g * values[b, i0, c]
-        g1 += g * values[b, i1, c]
-        g2 += g * values[b, i2, c]
-        wp.atomic_add(adj_values, b, i0, c, w0 * g)
-        wp.atomic_add(adj_values, b, i1, c, w1 * g)
-        wp.atomic_add(adj_values, b, i2, c, w2 * g)
-    adj_bary[k, 0] = g0
-    adj_bary[k, 1] = g1
-    adj_bary[k, 2] = g2
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[k]
+        f = face[k]
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        w0 = bary[k, 0]
+        w1 = bary[k, 1]
+        w2 = bary[k, 2]
+        g0 = type(w0)(0.0)
+        g1 = type(w0)(0.0)
+        g2 = type(w0)(0.0)
+        for c in range(values.shape[2]):
+            g = adj_out[k, c]
+            g0 += g * values[b, i0, c]
+            g1 += g * values[b, i1, c]
+            g2 += g * values[b, i2, c]
+            wp.atomic_add(adj_values, b, i0, c, w0 * g)
+            wp.atomic_add(adj_values, b, i1, c, w1 * g)
+            wp.atomic_add(adj_values, b, i2, c, w2 * g)
+        adj_bary[k, 0] = g0
+        adj_bary[k, 1] = g1
+        adj_bary[k, 2] = g2
 
 
 parallel.declare_float_overloads(globals())

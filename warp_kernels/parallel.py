@@ -33,6 +33,7 @@ import torch
 import warp as wp
 
 MIN_ITEMS_PER_PART = 2048  # below this the thread hand-off costs more than it saves
+CPU_CHUNK = 256  # items per kernel thread of a ``chunked`` kernel on CPU (1 on CUDA)
 SERIAL_TORCH = True  # torch_serial() sets torch to one thread (off: a no-op, for A/B timing)
 
 _HELPERS: list = []  # the pool: _Helper threads, created as runs need them
@@ -147,6 +148,24 @@ def declare_float_overloads(namespace: dict) -> None:
             wp.overload(kernel, types)
 
 
+_CHUNKED: set = set()
+
+
+def chunked(kernel):
+    """Decorator (above ``@wp.kernel``) of a kernel over ``items`` elements whose threads each run
+    ``chunk`` consecutive ones: its last two arguments are ``items: int, chunk: int``, and its body
+    loops ``for k in range(thread * chunk, min(thread * chunk + chunk, items))``.
+
+    Launches (``launch_tensors``, ``run_launches``) then take the number of items as the dimension and
+    add both arguments themselves: ``CPU_CHUNK`` items per thread on CPU, 1 on CUDA. On CPU, Warp runs a
+    kernel thread as a call that copies every argument descriptor it is given; for kernels with many
+    arrays that is tens of ns per thread, which a chunk of items pays once (``_shade``: 15 -> 9 ms for
+    91k pixels).
+    """
+    _CHUNKED.add(kernel)
+    return kernel
+
+
 _TORCH_TO_WARP = {
     torch.float32: wp.float32,
     torch.float64: wp.float64,
@@ -254,8 +273,13 @@ def _command(kernel, dim, args: list, device: torch.device, slot):
             break
     concrete = overload(kernel, scalar)
     signature = _signature(concrete)
-    if len(args) != len(signature):
-        raise TypeError(f"{kernel.key}: expects {len(signature)} arguments, got {len(args)}")
+    added = 2 if kernel in _CHUNKED else 0  # items and chunk, added here
+    if len(args) + added != len(signature):
+        raise TypeError(f"{kernel.key}: expects {len(signature) - added} arguments, got {len(args)}")
+    if added:
+        chunk = CPU_CHUNK if device.type == "cpu" else 1
+        args = [*args, dim, chunk]
+        dim = -(-dim // chunk)
     inputs = []
     for a, (name, arg, array, dtype, ndim) in zip(args, signature):
         if isinstance(a, tensor):

@@ -218,6 +218,7 @@ def _pixel(p: int, height: int, width: int):
     return b, i, r - i * width
 
 
+@parallel.chunked
 @wp.kernel
 def _hard_pass(
     vim: wp.array(dtype=Any),
@@ -232,6 +233,8 @@ def _hard_pass(
     mode: int,
     zbuf: wp.array(dtype=Any),
     fidx: wp.array(dtype=wp.int32),
+    items: int,
+    chunk: int,
 ):
     """Per face, over the pixels of its box it covers (largest z wins, then the lowest index).
 
@@ -239,64 +242,65 @@ def _hard_pass(
     -inf, ``fidx`` at ``_NO_FACE``); mode 2: both at once, only valid for a sequential launch (CPU),
     where faces come in index order (``fidx`` starts at -1, ``zbuf`` is read only where a face won).
     """
-    t = wp.tid()
-    if not (nz[t] >= type(eps)(0.0)):
-        return
-    ax = vim[t * 6]
-    ay = vim[t * 6 + 1]
-    bx = vim[t * 6 + 2]
-    by = vim[t * 6 + 3]
-    cx = vim[t * 6 + 4]
-    cy = vim[t * 6 + 5]
-    az = vz[t * 3]
-    bz = vz[t * 3 + 1]
-    cz = vz[t * 3 + 2]
-    xmin = wp.min(ax, wp.min(bx, cx))
-    xmax = wp.max(ax, wp.max(bx, cx))
-    x_inv = type(x_scale)(1.0) / x_scale
-    j0 = _first_at_least(xs, xmin, x_inv)
-    j1 = _first_at_least(xs, xmax, x_inv)
-    if j0 >= j1:  # no pixel-centre column in the box (many faces smaller than a pixel)
-        return
-    b = t // faces
-    f = t - b * faces
-    y_inv = type(y_scale)(1.0) / y_scale
-    k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_inv)
-    k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_inv)
-    one = type(eps)(1.0)
-    half = type(eps)(0.5)
-    width = xs.shape[0]
-    height = ys_up.shape[0]
-    offset = type(eps)(width - 1)
-    # Wide faces test only a conservative span per row (1 pixel margin); the exact test decides.
-    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    spans = j1 - j0 > 4 and wp.abs(area) >= one
-    sign = wp.where(area > type(eps)(0.0), one, -one)
-    for k in range(k0, k1):
-        y0 = ys_up[k]
-        row = (b * height + height - 1 - k) * width
-        ja = j0
-        jb = j1
-        if spans:
-            lo, hi = _clip_span(by - cy, bx * (cy - y0) - (by - y0) * cx, sign, xmin, xmax)
-            lo, hi = _clip_span(cy - ay, cx * (ay - y0) - (cy - y0) * ax, sign, lo, hi)
-            lo, hi = _clip_span(ay - by, ax * (by - y0) - (ay - y0) * bx, sign, lo, hi)
-            ja = wp.max(j0, int(wp.floor((lo / x_scale + offset) * half)) - 1)
-            jb = wp.min(j1, int(wp.ceil((hi / x_scale + offset) * half)) + 2)
-        for j in range(ja, jb):
-            w0, w1, w2, norm = _crosses(ax, ay, bx, by, cx, cy, xs[j], y0, eps)
-            if _covers(w0, w1, w2, norm):
-                z = w0 / norm * az + w1 / norm * bz + w2 / norm * cz
-                p = row + j
-                if mode == 2:  # fidx starts at -1 and zbuf unset: the first face only has to beat -inf
-                    won = fidx[p] >= 0
-                    if (not won and z > -wp.inf) or (won and z > zbuf[p]):
-                        zbuf[p] = z
-                        fidx[p] = f
-                elif mode == 0:
-                    wp.atomic_max(zbuf, p, z)
-                elif z == zbuf[p]:
-                    wp.atomic_min(fidx, p, f)
+    thread = wp.tid()
+    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        if not (nz[t] >= type(eps)(0.0)):
+            continue
+        ax = vim[t * 6]
+        ay = vim[t * 6 + 1]
+        bx = vim[t * 6 + 2]
+        by = vim[t * 6 + 3]
+        cx = vim[t * 6 + 4]
+        cy = vim[t * 6 + 5]
+        az = vz[t * 3]
+        bz = vz[t * 3 + 1]
+        cz = vz[t * 3 + 2]
+        xmin = wp.min(ax, wp.min(bx, cx))
+        xmax = wp.max(ax, wp.max(bx, cx))
+        x_inv = type(x_scale)(1.0) / x_scale
+        j0 = _first_at_least(xs, xmin, x_inv)
+        j1 = _first_at_least(xs, xmax, x_inv)
+        if j0 >= j1:  # no pixel-centre column in the box (many faces smaller than a pixel)
+            continue
+        b = t // faces
+        f = t - b * faces
+        y_inv = type(y_scale)(1.0) / y_scale
+        k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_inv)
+        k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_inv)
+        one = type(eps)(1.0)
+        half = type(eps)(0.5)
+        width = xs.shape[0]
+        height = ys_up.shape[0]
+        offset = type(eps)(width - 1)
+        # Wide faces test only a conservative span per row (1 pixel margin); the exact test decides.
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        spans = j1 - j0 > 4 and wp.abs(area) >= one
+        sign = wp.where(area > type(eps)(0.0), one, -one)
+        for k in range(k0, k1):
+            y0 = ys_up[k]
+            row = (b * height + height - 1 - k) * width
+            ja = j0
+            jb = j1
+            if spans:
+                lo, hi = _clip_span(by - cy, bx * (cy - y0) - (by - y0) * cx, sign, xmin, xmax)
+                lo, hi = _clip_span(cy - ay, cx * (ay - y0) - (cy - y0) * ax, sign, lo, hi)
+                lo, hi = _clip_span(ay - by, ax * (by - y0) - (ay - y0) * bx, sign, lo, hi)
+                ja = wp.max(j0, int(wp.floor((lo / x_scale + offset) * half)) - 1)
+                jb = wp.min(j1, int(wp.ceil((hi / x_scale + offset) * half)) + 2)
+            for j in range(ja, jb):
+                w0, w1, w2, norm = _crosses(ax, ay, bx, by, cx, cy, xs[j], y0, eps)
+                if _covers(w0, w1, w2, norm):
+                    z = w0 / norm * az + w1 / norm * bz + w2 / norm * cz
+                    p = row + j
+                    if mode == 2:  # fidx starts at -1 and zbuf unset: the first face only has to beat -inf
+                        won = fidx[p] >= 0
+                        if (not won and z > -wp.inf) or (won and z > zbuf[p]):
+                            zbuf[p] = z
+                            fidx[p] = f
+                    elif mode == 0:
+                        wp.atomic_max(zbuf, p, z)
+                    elif z == zbuf[p]:
+                        wp.atomic_min(fidx, p, f)
 
 
 @wp.func
@@ -345,6 +349,7 @@ def _write_features(
         out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
 
 
+@parallel.chunked
 @wp.kernel
 def _interpolate(
     vim: wp.array(dtype=Any),
@@ -361,24 +366,28 @@ def _interpolate(
     out: wp.array(dtype=Any),
     covered: wp.array(dtype=wp.int64),
     count: wp.array(dtype=wp.int32),
+    items: int,
+    chunk: int,
 ):
     """Per pixel: face index (-1 for background), soft mask 1 if covered (else 0 for now) and the
     features of the winning face (``out`` comes zeroed). With ``covered`` not empty (sequential CPU
     launches only) the covered pixels are also listed there, in increasing order, ``count[0]`` of them."""
-    p = wp.tid()
-    f = fidx[p]
-    if _is_background(fidx, p, f):
-        face_idx[p] = wp.int64(-1)
-        soft[p] = type(eps)(0.0)
-        return
-    face_idx[p] = wp.int64(f)
-    soft[p] = type(eps)(1.0)
-    if covered.shape[0] > 0:
-        covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
-    if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
-        _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, p)
+    thread = wp.tid()
+    for p in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        f = fidx[p]
+        if _is_background(fidx, p, f):
+            face_idx[p] = wp.int64(-1)
+            soft[p] = type(eps)(0.0)
+            continue
+        face_idx[p] = wp.int64(f)
+        soft[p] = type(eps)(1.0)
+        if covered.shape[0] > 0:
+            covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
+        if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
+            _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, p)
 
 
+@parallel.chunked
 @wp.kernel
 def _depth_fill(
     vim: wp.array(dtype=Any),
@@ -392,21 +401,25 @@ def _depth_fill(
     zbuf: wp.array(dtype=Any),
     zscale: Any,
     out: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
     """Per pixel: the winning face's corner values interpolated, ``empty[b]`` where no face covers it
     (``fidx`` becomes -1 there). ``zscale`` not 0: the values are the depth test's z, so the pixel gets
     ``zscale`` times the winner's z from ``zbuf`` (the same sum of the same products) instead."""
-    p = wp.tid()
-    f = fidx[p]
-    if _is_background(fidx, p, f):
-        out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
-        return
-    if zscale != type(eps)(0.0):  # the values are the z of the depth test: the winner's z, scaled
-        out[p] = zscale * zbuf[p]
-        return
-    _write_features(vim, values, faces, 1, 3, f, p, xs, ys, eps, out, p)
+    thread = wp.tid()
+    for p in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        f = fidx[p]
+        if _is_background(fidx, p, f):
+            out[p] = empty[p // (ys.shape[0] * xs.shape[0])]
+            continue
+        if zscale != type(eps)(0.0):  # the values are the z of the depth test: the winner's z, scaled
+            out[p] = zscale * zbuf[p]
+            continue
+        _write_features(vim, values, faces, 1, 3, f, p, xs, ys, eps, out, p)
 
 
+@parallel.chunked
 @wp.kernel
 def _interpolate_packed(
     vim: wp.array(dtype=Any),
@@ -420,12 +433,15 @@ def _interpolate_packed(
     ys: wp.array(dtype=Any),
     eps: Any,
     out: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
     """Per covered pixel ``flat[k]``: the features of its face, in row k of ``out``."""
-    k = wp.tid()
-    p = int(flat[k])
-    f = fidx[p]
-    _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, k)
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        p = int(flat[k])
+        f = fidx[p]
+        _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, k)
 
 
 @wp.func
@@ -455,6 +471,7 @@ def _grown_box(
     return height - k1, height - k0, left, right
 
 
+@parallel.chunked
 @wp.kernel
 def _soft_boxes(
     vim: wp.array(dtype=Any),
@@ -467,31 +484,34 @@ def _soft_boxes(
     corners: wp.array(dtype=wp.int32),
     window: wp.array(dtype=wp.int32),
     boxes: wp.array(dtype=wp.int32),
+    items: int,
+    chunk: int,
 ):
     """Per face: its grown pixel box into ``boxes`` (top, bottom, left, right; empty as top = bottom),
     +-1 at the box's corners in a (B, H + 1, W + 1) difference array, and the box into ``window`` (the
     union of the boxes of all faces)."""
-    t = wp.tid()
-    top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
-    if top >= bottom or left >= right:
-        top = 0
-        bottom = 0
-    boxes[t * 4] = top
-    boxes[t * 4 + 1] = bottom
-    boxes[t * 4 + 2] = left
-    boxes[t * 4 + 3] = right
-    if top >= bottom:
-        return
-    stride = xs.shape[0] + 1
-    base = t // faces * (ys_up.shape[0] + 1) * stride
-    wp.atomic_add(corners, base + top * stride + left, 1)
-    wp.atomic_add(corners, base + top * stride + right, -1)
-    wp.atomic_add(corners, base + bottom * stride + left, -1)
-    wp.atomic_add(corners, base + bottom * stride + right, 1)
-    wp.atomic_min(window, 0, top)
-    wp.atomic_max(window, 1, bottom)
-    wp.atomic_min(window, 2, left)
-    wp.atomic_max(window, 3, right)
+    thread = wp.tid()
+    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
+        if top >= bottom or left >= right:
+            top = 0
+            bottom = 0
+        boxes[t * 4] = top
+        boxes[t * 4 + 1] = bottom
+        boxes[t * 4 + 2] = left
+        boxes[t * 4 + 3] = right
+        if top >= bottom:
+            continue
+        stride = xs.shape[0] + 1
+        base = t // faces * (ys_up.shape[0] + 1) * stride
+        wp.atomic_add(corners, base + top * stride + left, 1)
+        wp.atomic_add(corners, base + top * stride + right, -1)
+        wp.atomic_add(corners, base + bottom * stride + left, -1)
+        wp.atomic_add(corners, base + bottom * stride + right, 1)
+        wp.atomic_min(window, 0, top)
+        wp.atomic_max(window, 1, bottom)
+        wp.atomic_min(window, 2, left)
+        wp.atomic_max(window, 3, right)
 
 
 @wp.func
@@ -655,6 +675,7 @@ def _cell(i: int, j: int, kind: int):
     return ((i << 15) | j) << 3 | kind
 
 
+@parallel.chunked
 @wp.kernel
 def _soft_stream(
     vim: wp.array(dtype=Any),
@@ -673,8 +694,10 @@ def _soft_stream(
     soft: wp.array(dtype=Any),
     zeros: wp.array(dtype=Any),
     touched: wp.array(dtype=wp.int32),
+    items: int,
+    chunk: int,
 ):
-    """The soft forward face by face, for a sequential launch (CPU): threads run in face index order, so
+    """The soft forward face by face, for a sequential launch (CPU): faces run in index order, so
     each uncovered pixel gets the first ``cap`` (= knum) faces whose grown box holds it, as in Kaolin.
 
     Face t visits the open pixels of its box (uncovered, fewer than ``cap`` faces yet) through each row's
@@ -686,74 +709,84 @@ def _soft_stream(
     the window first) and lists the pixel in ``touched`` (its count in the last element), for
     ``_soft_finish``.
     """
-    t = wp.tid()
-    top = boxes[t * 4]
-    bottom = boxes[t * 4 + 1]
-    left = boxes[t * 4 + 2]
-    right = boxes[t * 4 + 3]
-    b = t // faces
-    width = xs.shape[0]
-    height = ys.shape[0]
-    v = t * 6
-    ax = vim[v]
-    ay = vim[v + 1]
-    bx = vim[v + 2]
-    by = vim[v + 3]
-    cx = vim[v + 4]
-    cy = vim[v + 5]
-    one = type(sigmainv)(1.0)
-    zero = type(sigmainv)(0.0)
-    scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
-    a = wp.int32(0)
-    if t > 0:
-        a = face_end[t - 1]
-    for i in range(top, bottom):
-        row = (b * height + i) * width
-        free_row = (b * height + i) * (width + 1)
-        y0 = ys[i]
-        j = _next_open(row_free, free_row, left)
-        while j < right:
-            p = row + j
-            slot = count[p] + 1
-            count[p] = slot
-            d2, kind = _soft_dist2(xs[j], y0, ax, ay, bx, by, cx, cy)
-            cells[a] = _cell(i, j, kind)
-            prob = wp.exp(-(scale * d2))
-            probs[a] = prob
-            a = a + 1
-            q = one - prob
-            if slot == 1:  # the pixel's first face
-                touched[wp.atomic_add(touched, touched.shape[0] - 1, 1)] = p
-                zeros[p] = wp.where(q == zero, one, zero)
-                soft[p] = wp.where(q == zero, one, q)
-            elif q == zero:
-                zeros[p] = zeros[p] + one
-            else:
-                soft[p] = soft[p] * q
-            if slot >= cap:
-                row_free[free_row + j] = j + 1
-            j = _next_open(row_free, free_row, j + 1)
-    face_end[t] = a
+    thread = wp.tid()
+    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        top = boxes[t * 4]
+        bottom = boxes[t * 4 + 1]
+        left = boxes[t * 4 + 2]
+        right = boxes[t * 4 + 3]
+        b = t // faces
+        width = xs.shape[0]
+        height = ys.shape[0]
+        v = t * 6
+        ax = vim[v]
+        ay = vim[v + 1]
+        bx = vim[v + 2]
+        by = vim[v + 3]
+        cx = vim[v + 4]
+        cy = vim[v + 5]
+        one = type(sigmainv)(1.0)
+        zero = type(sigmainv)(0.0)
+        scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
+        a = wp.int32(0)
+        if t > 0:
+            a = face_end[t - 1]
+        for i in range(top, bottom):
+            row = (b * height + i) * width
+            free_row = (b * height + i) * (width + 1)
+            y0 = ys[i]
+            j = _next_open(row_free, free_row, left)
+            while j < right:
+                p = row + j
+                slot = count[p] + 1
+                count[p] = slot
+                d2, kind = _soft_dist2(xs[j], y0, ax, ay, bx, by, cx, cy)
+                cells[a] = _cell(i, j, kind)
+                prob = wp.exp(-(scale * d2))
+                probs[a] = prob
+                a = a + 1
+                q = one - prob
+                if slot == 1:  # the pixel's first face
+                    touched[wp.atomic_add(touched, touched.shape[0] - 1, 1)] = p
+                    zeros[p] = wp.where(q == zero, one, zero)
+                    soft[p] = wp.where(q == zero, one, q)
+                elif q == zero:
+                    zeros[p] = zeros[p] + one
+                else:
+                    soft[p] = soft[p] * q
+                if slot >= cap:
+                    row_free[free_row + j] = j + 1
+                j = _next_open(row_free, free_row, j + 1)
+        face_end[t] = a
 
 
+@parallel.chunked
 @wp.kernel
-def _soft_finish(touched: wp.array(dtype=wp.int32), soft: wp.array(dtype=Any), zeros: wp.array(dtype=Any)):
+def _soft_finish(
+    touched: wp.array(dtype=wp.int32),
+    soft: wp.array(dtype=Any),
+    zeros: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
+):
     """Per pixel that ``_soft_stream`` touched: soft = 1 - (the product of all factors 1 - prob), and in
     ``zeros`` what the backward needs of it: the product of the nonzero factors P when no factor is 0,
     -P when one is, 0 when more are (then no factor has a gradient)."""
-    p = touched[wp.tid()]
-    one = type(soft[p])(1.0)
-    nonzero = soft[p]
-    z = zeros[p]
-    product = type(soft[p])(0.0)
-    kept = type(soft[p])(0.0)
-    if z == type(z)(0.0):
-        product = nonzero
-        kept = nonzero
-    elif z == one:
-        kept = -nonzero
-    zeros[p] = kept
-    soft[p] = one - product
+    thread = wp.tid()
+    for item in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        p = touched[item]
+        one = type(soft[p])(1.0)
+        nonzero = soft[p]
+        z = zeros[p]
+        product = type(soft[p])(0.0)
+        kept = type(soft[p])(0.0)
+        if z == type(z)(0.0):
+            product = nonzero
+            kept = nonzero
+        elif z == one:
+            kept = -nonzero
+        zeros[p] = kept
+        soft[p] = one - product
 
 
 @wp.kernel
@@ -887,6 +920,7 @@ def _pick(r: int, a: Any, b: Any, c: Any):
     return wp.where(r == 0, a, wp.where(r == 1, b, c))
 
 
+@parallel.chunked
 @wp.kernel
 def _soft_stream_backward(
     vim: wp.array(dtype=Any),
@@ -901,6 +935,8 @@ def _soft_stream_backward(
     products: wp.array(dtype=Any),
     grad_soft: wp.array(dtype=Any),
     grad_vi: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
     """Per face: d soft / d face_vertices_image through the face's stream entries (``_soft_stream``),
     summed in registers and added to the face's six coordinates once. ``products`` is what
@@ -909,84 +945,86 @@ def _soft_stream_backward(
 
     One branch on the distance kind (vertex or edge: cheaper than computing both); within each, the
     corners are picked without branches."""
-    t = wp.tid()
-    first = wp.int32(0)
-    if t > 0:
-        first = face_end[t - 1]
-    last = face_end[t]
-    if first == last:
-        return
-    width = xs.shape[0]
-    base = t // faces * ys.shape[0] * width
-    v = t * 6
-    ax = vim[v]
-    ay = vim[v + 1]
-    bx = vim[v + 2]
-    by = vim[v + 3]
-    cx = vim[v + 4]
-    cy = vim[v + 5]
-    zero = type(sigmainv)(0.0)
-    one = type(sigmainv)(1.0)
-    two = type(sigmainv)(2.0)
-    gax = zero
-    gay = zero
-    gbx = zero
-    gby = zero
-    gcx = zero
-    gcy = zero
-    for a in range(first, last):
-        cell = cells[a]
-        kind = cell & 7
-        j = (cell >> 3) & 32767
-        i = cell >> 18
-        p = base + i * width + j
-        product = products[p]
-        prob = probs[a]
-        q = one - prob
-        loo = zero
-        if product > zero:
-            loo = product / q
-        elif q == zero:
-            loo = -product
-        scale = -grad_soft[p] * sigmainv / multiplier  # NDC gradient = multiplier * multiplied units
-        coef = scale * loo * prob
-        if coef == zero:
+    thread = wp.tid()
+    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        first = wp.int32(0)
+        if t > 0:
+            first = face_end[t - 1]
+        last = face_end[t]
+        if first == last:
             continue
-        x0 = xs[j]
-        y0 = ys[i]
-        if kind >= 3:
-            r = kind - 3
-            x1 = _pick(r, ax, bx, cx)
-            y1 = _pick(r, ay, by, cy)
-            hx = coef * two * (x1 - x0)
-            hy = coef * two * (y1 - y0)
-            gax += wp.where(r == 0, hx, zero)
-            gay += wp.where(r == 0, hy, zero)
-            gbx += wp.where(r == 1, hx, zero)
-            gby += wp.where(r == 1, hy, zero)
-            gcx += wp.where(r == 2, hx, zero)
-            gcy += wp.where(r == 2, hy, zero)
-        else:
-            r = kind
-            x1 = _pick(r, ax, bx, cx)
-            y1 = _pick(r, ay, by, cy)
-            x2 = _pick(r, bx, cx, ax)
-            y2 = _pick(r, by, cy, ay)
-            h1x, h1y, h2x, h2y = _edge_dist2_grad(x0, y0, x1, y1, x2, y2, coef)
-            gax += _pick(r, h1x, zero, h2x)
-            gay += _pick(r, h1y, zero, h2y)
-            gbx += _pick(r, h2x, h1x, zero)
-            gby += _pick(r, h2y, h1y, zero)
-            gcx += _pick(r, zero, h2x, h1x)
-            gcy += _pick(r, zero, h2y, h1y)
-    grad_vi[v] = grad_vi[v] + gax
-    grad_vi[v + 1] = grad_vi[v + 1] + gay
-    grad_vi[v + 2] = grad_vi[v + 2] + gbx
-    grad_vi[v + 3] = grad_vi[v + 3] + gby
-    grad_vi[v + 4] = grad_vi[v + 4] + gcx
-    grad_vi[v + 5] = grad_vi[v + 5] + gcy
+        width = xs.shape[0]
+        base = t // faces * ys.shape[0] * width
+        v = t * 6
+        ax = vim[v]
+        ay = vim[v + 1]
+        bx = vim[v + 2]
+        by = vim[v + 3]
+        cx = vim[v + 4]
+        cy = vim[v + 5]
+        zero = type(sigmainv)(0.0)
+        one = type(sigmainv)(1.0)
+        two = type(sigmainv)(2.0)
+        gax = zero
+        gay = zero
+        gbx = zero
+        gby = zero
+        gcx = zero
+        gcy = zero
+        for a in range(first, last):
+            cell = cells[a]
+            kind = cell & 7
+            j = (cell >> 3) & 32767
+            i = cell >> 18
+            p = base + i * width + j
+            product = products[p]
+            prob = probs[a]
+            q = one - prob
+            loo = zero
+            if product > zero:
+                loo = product / q
+            elif q == zero:
+                loo = -product
+            scale = -grad_soft[p] * sigmainv / multiplier  # NDC gradient = multiplier * multiplied units
+            coef = scale * loo * prob
+            if coef == zero:
+                continue
+            x0 = xs[j]
+            y0 = ys[i]
+            if kind >= 3:
+                r = kind - 3
+                x1 = _pick(r, ax, bx, cx)
+                y1 = _pick(r, ay, by, cy)
+                hx = coef * two * (x1 - x0)
+                hy = coef * two * (y1 - y0)
+                gax += wp.where(r == 0, hx, zero)
+                gay += wp.where(r == 0, hy, zero)
+                gbx += wp.where(r == 1, hx, zero)
+                gby += wp.where(r == 1, hy, zero)
+                gcx += wp.where(r == 2, hx, zero)
+                gcy += wp.where(r == 2, hy, zero)
+            else:
+                r = kind
+                x1 = _pick(r, ax, bx, cx)
+                y1 = _pick(r, ay, by, cy)
+                x2 = _pick(r, bx, cx, ax)
+                y2 = _pick(r, by, cy, ay)
+                h1x, h1y, h2x, h2y = _edge_dist2_grad(x0, y0, x1, y1, x2, y2, coef)
+                gax += _pick(r, h1x, zero, h2x)
+                gay += _pick(r, h1y, zero, h2y)
+                gbx += _pick(r, h2x, h1x, zero)
+                gby += _pick(r, h2y, h1y, zero)
+                gcx += _pick(r, zero, h2x, h1x)
+                gcy += _pick(r, zero, h2y, h1y)
+        grad_vi[v] = grad_vi[v] + gax
+        grad_vi[v + 1] = grad_vi[v + 1] + gay
+        grad_vi[v + 2] = grad_vi[v + 2] + gbx
+        grad_vi[v + 3] = grad_vi[v + 3] + gby
+        grad_vi[v + 4] = grad_vi[v + 4] + gcx
+        grad_vi[v + 5] = grad_vi[v + 5] + gcy
 
 
+@parallel.chunked
 @wp.kernel
 def _hard_backward(
     vi: wp.array(dtype=Any),
@@ -1005,84 +1043,87 @@ def _hard_backward(
     need_features: int,
     grad_vi: wp.array(dtype=Any),
     grad_feats: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
     """Per covered pixel: Kaolin's analytic gradient of the interpolation (NDC units).
 
-    Dense (``flat`` empty): thread p is pixel p and reads row p of ``grad_out``; packed: thread k is
+    Dense (``flat`` empty): item p is pixel p and reads row p of ``grad_out``; packed: item k is
     pixel ``flat[k]`` and reads row k.
     """
-    k = wp.tid()
-    p = k
-    if flat.shape[0] > 0:
-        p = int(flat[k])
-    f = fidx[p]
-    if f < 0:
-        return
-    zero = type(eps)(0.0)
-    nonzero = wp.int32(0)
-    for d in range(dims):
-        if grad_out[k * dims + d] != zero:
-            nonzero = 1
-    if nonzero == 0:  # e.g. shadow-map texels that no lookup reads
-        return
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
-    v = (b * faces + f) * 6
-    g1 = zero
-    g2 = zero
-    if fstride == _BARYCENTRIC:  # identity corners: g1 = g . (f1 - f0) = g[1] - g[0], g2 = g[2] - g[0]
-        g1 = grad_out[k * 3 + 1] - grad_out[k * 3]
-        g2 = grad_out[k * 3 + 2] - grad_out[k * 3]
-    else:
-        c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
-        if need_features != 0:
-            # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
-            w0, w1, w2, norm = _crosses(
-                vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-            )
-            w0 = w0 / norm
-            w1 = w1 / norm
-            w2 = w2 / norm
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        p = k
+        if flat.shape[0] > 0:
+            p = int(flat[k])
+        f = fidx[p]
+        if f < 0:
+            continue
+        zero = type(eps)(0.0)
+        nonzero = wp.int32(0)
+        for d in range(dims):
+            if grad_out[k * dims + d] != zero:
+                nonzero = 1
+        if nonzero == 0:  # e.g. shadow-map texels that no lookup reads
+            continue
+        b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+        v = (b * faces + f) * 6
+        g1 = zero
+        g2 = zero
+        if fstride == _BARYCENTRIC:  # identity corners: g1 = g . (f1 - f0) = g[1] - g[0], g2 = g[2] - g[0]
+            g1 = grad_out[k * 3 + 1] - grad_out[k * 3]
+            g2 = grad_out[k * 3 + 2] - grad_out[k * 3]
+        else:
+            c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
+            if need_features != 0:
+                # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
+                w0, w1, w2, norm = _crosses(
+                    vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
+                )
+                w0 = w0 / norm
+                w1 = w1 / norm
+                w2 = w2 / norm
+                for d in range(dims):
+                    g = grad_out[k * dims + d]
+                    wp.atomic_add(grad_feats, c + d, w0 * g)
+                    wp.atomic_add(grad_feats, c + dims + d, w1 * g)
+                    wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
             for d in range(dims):
                 g = grad_out[k * dims + d]
-                wp.atomic_add(grad_feats, c + d, w0 * g)
-                wp.atomic_add(grad_feats, c + dims + d, w1 * g)
-                wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
-        for d in range(dims):
-            g = grad_out[k * dims + d]
-            c0 = feats[c + d]
-            g1 = g1 + g * (feats[c + dims + d] - c0)
-            g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
-    if g1 == zero and g2 == zero:
-        return
-    ax = vi[v]
-    ay = vi[v + 1]
-    m = vi[v + 2] - ax
-    p1 = vi[v + 3] - ay
-    n = vi[v + 4] - ax
-    q = vi[v + 5] - ay
-    s = xs[j] / multiplier - ax
-    t = ys[i] / multiplier - ay
-    k1 = s * q - n * t
-    k2 = m * t - s * p1
-    k3 = m * q - n * p1
-    if k3 >= zero:
-        k3 = k3 + eps
-    else:
-        k3 = k3 - eps
-    inv = type(eps)(1.0) / (k3 * k3)
-    # d(w1, w2)/d(m, n, p, q, s, t) with w1 = k1 / k3, w2 = k2 / k3, weighted by g1, g2
-    gm = (g1 * (-q * k1) + g2 * (t * k3 - q * k2)) * inv
-    gn = (g1 * (p1 * k1 - t * k3) + g2 * (p1 * k2)) * inv
-    gp = (g1 * (n * k1) + g2 * (n * k2 - s * k3)) * inv
-    gq = (g1 * (s * k3 - m * k1) + g2 * (-m * k2)) * inv
-    gs = (g1 * q - g2 * p1) * k3 * inv
-    gt = (g2 * m - g1 * n) * k3 * inv
-    wp.atomic_add(grad_vi, v, -(gm + gn + gs))
-    wp.atomic_add(grad_vi, v + 1, -(gp + gq + gt))
-    wp.atomic_add(grad_vi, v + 2, gm)
-    wp.atomic_add(grad_vi, v + 3, gp)
-    wp.atomic_add(grad_vi, v + 4, gn)
-    wp.atomic_add(grad_vi, v + 5, gq)
+                c0 = feats[c + d]
+                g1 = g1 + g * (feats[c + dims + d] - c0)
+                g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
+        if g1 == zero and g2 == zero:
+            continue
+        ax = vi[v]
+        ay = vi[v + 1]
+        m = vi[v + 2] - ax
+        p1 = vi[v + 3] - ay
+        n = vi[v + 4] - ax
+        q = vi[v + 5] - ay
+        s = xs[j] / multiplier - ax
+        t = ys[i] / multiplier - ay
+        k1 = s * q - n * t
+        k2 = m * t - s * p1
+        k3 = m * q - n * p1
+        if k3 >= zero:
+            k3 = k3 + eps
+        else:
+            k3 = k3 - eps
+        inv = type(eps)(1.0) / (k3 * k3)
+        # d(w1, w2)/d(m, n, p, q, s, t) with w1 = k1 / k3, w2 = k2 / k3, weighted by g1, g2
+        gm = (g1 * (-q * k1) + g2 * (t * k3 - q * k2)) * inv
+        gn = (g1 * (p1 * k1 - t * k3) + g2 * (p1 * k2)) * inv
+        gp = (g1 * (n * k1) + g2 * (n * k2 - s * k3)) * inv
+        gq = (g1 * (s * k3 - m * k1) + g2 * (-m * k2)) * inv
+        gs = (g1 * q - g2 * p1) * k3 * inv
+        gt = (g2 * m - g1 * n) * k3 * inv
+        wp.atomic_add(grad_vi, v, -(gm + gn + gs))
+        wp.atomic_add(grad_vi, v + 1, -(gp + gq + gt))
+        wp.atomic_add(grad_vi, v + 2, gm)
+        wp.atomic_add(grad_vi, v + 3, gp)
+        wp.atomic_add(grad_vi, v + 4, gn)
+        wp.atomic_add(grad_vi, v + 5, gq)
 
 
 parallel.declare_float_overloads(globals())
@@ -1355,7 +1396,7 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
 
 def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c: _Setup):
     """Kaolin's interpolation gradient (``_hard_backward``) on a batch slice, into grad_vi and (if not
-    None) grad_feats. ``flat`` None: ``grad_out`` is dense, one thread per pixel; else the packed rows'
+    None) grad_feats. ``flat`` None: ``grad_out`` is dense, one item per pixel; else the packed rows'
     pixels."""
     faces, dims = fvi.shape[1], feats.shape[-1]
     if flat is None:
@@ -1587,7 +1628,7 @@ class _DepthMap(torch.autograd.Function):
                 grad_vi[sl],
                 grad_feats,
             ]
-            _interpolation_backward(launch, *args, ctx.setup)  # dense: one thread per pixel
+            _interpolation_backward(launch, *args, ctx.setup)  # dense: one item per pixel
 
         _run_parts(fvi.device, list(range(len(ctx.parts))), job)
         if grad_values is not None and ctx.scale != 1.0:

@@ -571,6 +571,41 @@ def _uv_frame(uvs: wp.array2d(dtype=Any), face_uvs: wp.array2d(dtype=wp.int32), 
     return d1v, d2v, sign
 
 
+@wp.func
+def _marked(mark: wp.array2d(dtype=wp.int32), b: int, i: int):
+    """Whether vertex i of item b needs its frame: marked, or ``mark`` empty (every vertex)."""
+    if mark.shape[0] == 0:
+        return True
+    return mark[b, i] != 0
+
+
+@wp.func
+def _touches_mark(mark: wp.array2d(dtype=wp.int32), b: int, i0: int, i1: int, i2: int):
+    """Whether a face with corners i0, i1, i2 adds to a frame that is needed (``_marked``)."""
+    if mark.shape[0] == 0:
+        return True
+    return mark[b, i0] != 0 or mark[b, i1] != 0 or mark[b, i2] != 0
+
+
+@wp.kernel
+def _mark_corners(
+    batch_index: wp.array(dtype=wp.int32),
+    face: wp.array(dtype=wp.int32),
+    faces: wp.array2d(dtype=wp.int32),
+    first: int,
+    mark: wp.array2d(dtype=wp.int32),
+    chunk: int,
+):
+    """Marks the corners of each pixel's face in its item's row of ``mark`` (rows from item ``first``)."""
+    q = wp.tid()
+    for k in range(q * chunk, wp.min(q * chunk + chunk, face.shape[0])):
+        b = batch_index[k] - first
+        f = face[k]
+        mark[b, faces[f, 0]] = 1
+        mark[b, faces[f, 1]] = 1
+        mark[b, faces[f, 2]] = 1
+
+
 @wp.kernel
 def _face_frames(
     vertices: wp.array3d(dtype=Any),
@@ -581,22 +616,30 @@ def _face_frames(
     acc_n: wp.array3d(dtype=Any),
     acc_t: wp.array3d(dtype=Any),
     angles: wp.array3d(dtype=Any),
+    mark: wp.array2d(dtype=wp.int32),
     chunk: int,
 ):
     """Face normal (area-weighted) to its vertices, unit face tangent times the corner angle to its
     wedges; the corner angles (B, F, 3) are kept for the adjoint. Edge k runs from corner k to k + 1;
-    corner k lies between edges k and k - 1."""
+    corner k lies between edges k and k - 1. With ``mark`` (B, V) not empty, only the faces with a
+    marked corner (``_touches_mark``)."""
     b, q = wp.tid()
     for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        p0 = _corner(vertices, b, faces[f, 0])
-        p1 = _corner(vertices, b, faces[f, 1])
-        p2 = _corner(vertices, b, faces[f, 2])
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        if not _touches_mark(mark, b, i0, i1, i2):
+            continue
+        p0 = _corner(vertices, b, i0)
+        p1 = _corner(vertices, b, i1)
+        p2 = _corner(vertices, b, i2)
         e0 = p1 - p0
         e1 = p2 - p1
         e2 = p0 - p2
         fn = wp.cross(p1 - p0, p2 - p0)
-        for k in range(3):
-            _add3(acc_n, b, faces[f, k], fn)
+        _add3(acc_n, b, i0, fn)
+        _add3(acc_n, b, i1, fn)
+        _add3(acc_n, b, i2, fn)
         d1v, d2v, sign = _uv_frame(uvs, face_uvs, f)
         tiny = type(d1v)(TANGENT_EPS)
         ft = _unit(e0 * d2v - (-e2) * d1v, tiny) * sign
@@ -625,9 +668,10 @@ def _face_frames_backward(
     adj_acc_n: wp.array3d(dtype=Any),
     adj_acc_t: wp.array3d(dtype=Any),
     adj_vertices: wp.array3d(dtype=Any),
+    mark: wp.array2d(dtype=wp.int32),
     chunk: int,
 ):
-    """Adjoint of ``_face_frames``, accumulated into the vertices' gradient.
+    """Adjoint of ``_face_frames``, accumulated into the vertices' gradient (the faces it ran on).
 
     Corner k's cosine c_k = -(e_k . e_{k-1}) / (L_k L_{k-1}) with L = max(|e|, tiny) gives
     dc_k/de_k = -e_{k-1} / (L_k L_{k-1}) and dc_k/dL_k = -c_k / L_k.
@@ -637,6 +681,8 @@ def _face_frames_backward(
         i0 = faces[f, 0]
         i1 = faces[f, 1]
         i2 = faces[f, 2]
+        if not _touches_mark(mark, b, i0, i1, i2):
+            continue
         p0 = _corner(vertices, b, i0)
         p1 = _corner(vertices, b, i1)
         p2 = _corner(vertices, b, i2)
@@ -686,10 +732,15 @@ def _face_frames_backward(
 
 
 @wp.kernel
-def _vertex_normals(acc_n: wp.array3d(dtype=Any), normals: wp.array3d(dtype=Any), chunk: int):
+def _vertex_normals(
+    acc_n: wp.array3d(dtype=Any), mark: wp.array2d(dtype=wp.int32), normals: wp.array3d(dtype=Any), chunk: int
+):
+    """Unit accumulated normals; 0 at the vertices ``mark`` leaves out (when not empty)."""
     b, q = wp.tid()
     for i in range(q * chunk, wp.min(q * chunk + chunk, acc_n.shape[1])):
-        n = _unit(_corner(acc_n, b, i), type(acc_n[b, i, 0])(NORMALIZE_EPS))
+        n = _corner(acc_n, b, i) * type(acc_n[b, i, 0])(0.0)
+        if _marked(mark, b, i):
+            n = _unit(_corner(acc_n, b, i), type(acc_n[b, i, 0])(NORMALIZE_EPS))
         for c in range(3):
             normals[b, i, c] = n[c]
 
@@ -700,12 +751,15 @@ def _vertex_normals_backward(
     normals: wp.array3d(dtype=Any),
     adj_normals: wp.array3d(dtype=Any),
     adj_acc_n: wp.array3d(dtype=Any),
+    mark: wp.array2d(dtype=wp.int32),
     chunk: int,
 ):
     b, q = wp.tid()
     for i in range(q * chunk, wp.min(q * chunk + chunk, acc_n.shape[1])):
         eps = type(acc_n[b, i, 0])(NORMALIZE_EPS)
-        g = _unit_grad(_corner(acc_n, b, i), _corner(normals, b, i), _corner(adj_normals, b, i), eps)
+        g = _corner(acc_n, b, i) * type(eps)(0.0)
+        if _marked(mark, b, i):
+            g = _unit_grad(_corner(acc_n, b, i), _corner(normals, b, i), _corner(adj_normals, b, i), eps)
         for c in range(3):
             adj_acc_n[b, i, c] = g[c]
 
@@ -715,15 +769,20 @@ def _wedge_tangents(
     acc_t: wp.array3d(dtype=Any),
     normals: wp.array3d(dtype=Any),
     wedge_vertex: wp.array(dtype=wp.int32),
+    mark: wp.array2d(dtype=wp.int32),
     tangents: wp.array3d(dtype=Any),
     chunk: int,
 ):
-    """Gram-Schmidt of the accumulated tangent against the wedge's vertex normal, normalized."""
+    """Gram-Schmidt of the accumulated tangent against the wedge's vertex normal, normalized; 0 at the
+    wedges of the vertices ``mark`` leaves out (when not empty)."""
     b, q = wp.tid()
     for w in range(q * chunk, wp.min(q * chunk + chunk, wedge_vertex.shape[0])):
-        n = _corner(normals, b, wedge_vertex[w])
+        i = wedge_vertex[w]
         a = _corner(acc_t, b, w)
-        t = _unit(a - n * wp.dot(n, a), type(a[0])(TANGENT_EPS))
+        t = a * type(a[0])(0.0)
+        if _marked(mark, b, i):
+            n = _corner(normals, b, i)
+            t = _unit(a - n * wp.dot(n, a), type(a[0])(TANGENT_EPS))
         for c in range(3):
             tangents[b, w, c] = t[c]
 
@@ -737,6 +796,7 @@ def _wedge_tangents_backward(
     adj_tangents: wp.array3d(dtype=Any),
     adj_acc_t: wp.array3d(dtype=Any),
     adj_normals: wp.array3d(dtype=Any),
+    mark: wp.array2d(dtype=wp.int32),
     chunk: int,
 ):
     """Adjoint of ``_wedge_tangents``: r = a - n (n . a) gives dr/da = I - n n^T and
@@ -744,6 +804,10 @@ def _wedge_tangents_backward(
     b, q = wp.tid()
     for w in range(q * chunk, wp.min(q * chunk + chunk, wedge_vertex.shape[0])):
         i = wedge_vertex[w]
+        if not _marked(mark, b, i):
+            for c in range(3):
+                adj_acc_t[b, w, c] = type(adj_acc_t[b, w, c])(0.0)
+            continue
         n = _corner(normals, b, i)
         a = _corner(acc_t, b, w)
         na = wp.dot(n, a)
@@ -768,7 +832,7 @@ class FusedFrames(torch.autograd.Function):
 
     @staticmethod
     @parallel.serial
-    def forward(ctx, vertices, topo):
+    def forward(ctx, vertices, topo, pixels):
         wp.init()  # no-op after the first call; Warp is never initialized at import
         uvs, faces, face_uvs, face_wedges, wedge_vertex = topo
         vertices = vertices.detach().contiguous()
@@ -776,28 +840,43 @@ class FusedFrames(torch.autograd.Function):
         acc_n, acc_t = vertices.new_empty(b, v, 3), vertices.new_empty(b, w, 3)
         normals, tangents = vertices.new_empty(b, v, 3), vertices.new_empty(b, w, 3)
         angles = vertices.new_empty(b, f, 3)
+        parts = _batch_parts(vertices.device, b, f) if b else []
+        # (B, V) marks of the vertices whose frames are needed (empty: all of them)
+        mark = torch.empty(
+            (b, v) if pixels is not None else (0, 0), dtype=torch.int32, device=vertices.device
+        )
+        if pixels is not None:
+            batch_index, face = pixels
+            bounds = torch.tensor([sl.start for sl in parts] + [b], dtype=batch_index.dtype)
+            ends = torch.searchsorted(batch_index, bounds.to(batch_index.device)).tolist()
 
         steps = []
-        for sl in _batch_parts(vertices.device, b, f) if b else []:
+        for k, sl in enumerate(parts):
             items = sl.stop - sl.start
-            an, at, nrm = acc_n[sl], acc_t[sl], normals[sl]
+            an, at, nrm, mk = acc_n[sl], acc_t[sl], normals[sl], mark[sl] if pixels is not None else mark
+            part = [an.zero_, at.zero_]
+            if pixels is not None:
+                marked = slice(ends[k], ends[k + 1])
+                part.append(mk.zero_)
+                if marked.stop > marked.start:
+                    args = [batch_index[marked], face[marked], faces, sl.start, mk]
+                    part.append(_step(_mark_corners, marked.stop - marked.start, args))
             mesh = [vertices[sl], uvs, faces, face_uvs, face_wedges]
             steps.append([
-                an.zero_,
-                at.zero_,
-                _step(_face_frames, (items, f), [*mesh, an, at, angles[sl]]),
-                _step(_vertex_normals, (items, v), [an, nrm]),
-                _step(_wedge_tangents, (items, w), [at, nrm, wedge_vertex, tangents[sl]]),
+                *part,
+                _step(_face_frames, (items, f), [*mesh, an, at, angles[sl], mk]),
+                _step(_vertex_normals, (items, v), [an, mk, nrm]),
+                _step(_wedge_tangents, (items, w), [at, nrm, wedge_vertex, mk, tangents[sl]]),
             ])  # fmt: skip
         parallel.run_launches(vertices.device, __name__, steps)
-        ctx.save_for_backward(vertices, acc_n, acc_t, angles, normals, tangents)
+        ctx.save_for_backward(vertices, acc_n, acc_t, angles, normals, tangents, mark)
         ctx.topo = topo
         return normals, tangents
 
     @staticmethod
     @parallel.serial
     def backward(ctx, adj_normals, adj_tangents):
-        vertices, acc_n, acc_t, angles, normals, tangents = ctx.saved_tensors
+        vertices, acc_n, acc_t, angles, normals, tangents, mark = ctx.saved_tensors
         uvs, faces, face_uvs, face_wedges, wedge_vertex = ctx.topo
         b, v, f, w = vertices.shape[0], vertices.shape[1], faces.shape[0], wedge_vertex.shape[0]
         adj_n = adj_normals.clone(memory_format=torch.contiguous_format)  # the tangents' adjoint adds to it
@@ -808,21 +887,29 @@ class FusedFrames(torch.autograd.Function):
         steps = []
         for sl in _batch_parts(vertices.device, b, f) if b else []:
             items = sl.stop - sl.start
+            mk = mark[sl] if mark.shape[0] else mark
             frames = [acc_t[sl], normals[sl], wedge_vertex, tangents[sl]]
             mesh = [vertices[sl], uvs, faces, face_uvs, face_wedges, angles[sl], adj_acc_n[sl], adj_acc_t[sl]]
-            normal_args = [acc_n[sl], normals[sl], adj_n[sl], adj_acc_n[sl]]
+            normal_args = [acc_n[sl], normals[sl], adj_n[sl], adj_acc_n[sl], mk]
+            tangent_args = [*frames, adj_t[sl], adj_acc_t[sl], adj_n[sl], mk]
             steps.append([
-                _step(_wedge_tangents_backward, (items, w), [*frames, adj_t[sl], adj_acc_t[sl], adj_n[sl]]),
+                _step(_wedge_tangents_backward, (items, w), tangent_args),
                 _step(_vertex_normals_backward, (items, v), normal_args),
                 adj_v[sl].zero_,
-                _step(_face_frames_backward, (items, f), [*mesh, adj_v[sl]]),
+                _step(_face_frames_backward, (items, f), [*mesh, adj_v[sl], mk]),
             ])  # fmt: skip
         parallel.run_launches(vertices.device, __name__, steps)
-        return adj_v, None
+        return adj_v, None, None
 
 
 def surface_frames(
-    vertices: Tensor, faces: Tensor, uvs: Tensor, face_uvs: Tensor, face_wedges: Tensor, wedge_vertex: Tensor
+    vertices: Tensor,
+    faces: Tensor,
+    uvs: Tensor,
+    face_uvs: Tensor,
+    face_wedges: Tensor,
+    wedge_vertex: Tensor,
+    pixels: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Unit vertex normals (B, V, 3) and wedge tangents (B, W, 3) in Warp kernels.
 
@@ -832,6 +919,11 @@ def surface_frames(
     Args:
         vertices: (B, V, 3) positions; faces, face_uvs, face_wedges: (F, 3) long; uvs: (U, 2);
             wedge_vertex: (W,) long vertex of each wedge.
+        pixels: optional (batch_index, face), (N,) integers sorted by item: the (item, face) of the
+            pixels that will use the frames (the rasterizer's covered pixels). Then only the frames at
+            these faces' corners are computed (from every face around them, so they are exact), about
+            half the work for a hand seen from one side; every other vertex and wedge gets zeros, and
+            no gradient flows through them. None: every frame.
 
     Returns:
         normals (B, V, 3) and tangents (B, W, 3), dtype of ``vertices``.
@@ -842,7 +934,31 @@ def surface_frames(
         raise ValueError(f"vertices must be a floating-point tensor, got {vertices.dtype}")
     ints = [t.to(torch.int32).contiguous() for t in (faces, face_uvs, face_wedges, wedge_vertex)]
     topo = (uvs.to(vertices.dtype).contiguous(), *ints)
-    return FusedFrames.apply(vertices, topo)
+    if pixels is not None:
+        pixels = _check_pixels(pixels, vertices.shape[0], faces.shape[0], vertices.device)
+    return FusedFrames.apply(vertices, topo, pixels)
+
+
+def _check_pixels(pixels, batch: int, faces: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``surface_frames``' (batch_index, face) as int32, checked: same length, sorted by item, in range."""
+    batch_index, face = pixels
+    if batch_index.dim() != 1 or face.shape != batch_index.shape:
+        got = (tuple(batch_index.shape), tuple(face.shape))
+        raise ValueError(f"pixels must be two (N,) tensors (batch_index, face), got shapes {got}")
+    if batch_index.device != device or face.device != device:
+        raise ValueError(f"pixels must be on {device} like vertices")
+    if batch_index.is_floating_point() or face.is_floating_point():
+        raise ValueError("pixels must be integer tensors (batch_index, face)")
+    if batch_index.numel():
+        if not bool((batch_index[1:] >= batch_index[:-1]).all()):
+            raise ValueError("pixels: batch_index must be sorted (the rasterizer's pixel order)")
+        low, high = torch.aminmax(face)
+        if int(batch_index[0]) < 0 or int(batch_index[-1]) >= batch or int(low) < 0 or int(high) >= faces:
+            raise ValueError(
+                f"pixels out of range: batch_index in [{int(batch_index[0])}, {int(batch_index[-1])}] for "
+                f"{batch} items, face in [{int(low)}, {int(high)}] for {faces} faces"
+            )
+    return batch_index.to(torch.int32).contiguous(), face.to(torch.int32).contiguous()
 
 
 # ------------------------------------------------------------------------------------ composite
@@ -1036,12 +1152,12 @@ def _overload_all() -> None:
         shade = [f2, i1, i1, f2, f3, f3, f2, f1, i2, i2, i2, f4, f4, f2, f1, f1]
         wp.overload(_shade, [*shade, f2, f2, int])
         wp.overload(_shade_backward, [*shade, f2, f2, f2, f2, f1, f3, f3, f4, f4, f2, f1, int])
-        wp.overload(_face_frames, [f3, f2, i2, i2, i2, f3, f3, f3, int])
-        wp.overload(_face_frames_backward, [f3, f2, i2, i2, i2, f3, f3, f3, f3, int])
-        wp.overload(_vertex_normals, [f3, f3, int])
-        wp.overload(_vertex_normals_backward, [f3, f3, f3, f3, int])
-        wp.overload(_wedge_tangents, [f3, f3, i1, f3, int])
-        wp.overload(_wedge_tangents_backward, [f3, f3, i1, f3, f3, f3, f3, int])
+        wp.overload(_face_frames, [f3, f2, i2, i2, i2, f3, f3, f3, i2, int])
+        wp.overload(_face_frames_backward, [f3, f2, i2, i2, i2, f3, f3, f3, f3, i2, int])
+        wp.overload(_vertex_normals, [f3, i2, f3, int])
+        wp.overload(_vertex_normals_backward, [f3, f3, f3, f3, i2, int])
+        wp.overload(_wedge_tangents, [f3, f3, i1, i2, f3, int])
+        wp.overload(_wedge_tangents_backward, [f3, f3, i1, f3, f3, f3, f3, i2, int])
         i64 = wp.array(dtype=wp.int64)
         wp.overload(_composite_background, [f1, f1, f2, int])
         wp.overload(_composite_covered, [f1, i64, f2, f1, f2, int])

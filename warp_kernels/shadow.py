@@ -69,6 +69,7 @@ def _block(depth_map: wp.array3d(dtype=Any), b: int, x0: int, y0: int):
     return z
 
 
+@parallel.chunked
 @wp.kernel
 def _pcf_forward(
     depth_map: wp.array3d(dtype=Any),
@@ -79,29 +80,33 @@ def _pcf_forward(
     bias: Any,
     visibility: wp.array(dtype=Any),
     taps: wp.array2d(dtype=Any),
+    items: int,
+    chunk: int,
 ):
     """Visibility of each point; the 9 tap values go to ``taps`` (N, 9) for the adjoint (if not empty).
     The taps read a shared 4 x 4 block of texels (16 loads instead of 36)."""
-    tid = wp.tid()
-    b = batch_index[tid]
-    d = depth[tid]
-    one = type(d)(1.0)
-    total = type(d)(0.0)
-    x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
-    z = _block(depth_map, b, x0, y0)
-    keep = taps.shape[0] > 0
-    for dy in range(3):
-        for dx in range(3):
-            k = dy * 4 + dx
-            top = (one - wx) * z[k] + wx * z[k + 1]
-            bottom = (one - wx) * z[k + 4] + wx * z[k + 5]
-            v = _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
-            if keep:
-                taps[tid, dy * 3 + dx] = v
-            total += v
-    visibility[tid] = total / type(d)(9.0)
+    thread = wp.tid()
+    for tid in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[tid]
+        d = depth[tid]
+        one = type(d)(1.0)
+        total = type(d)(0.0)
+        x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
+        z = _block(depth_map, b, x0, y0)
+        keep = taps.shape[0] > 0
+        for dy in range(3):
+            for dx in range(3):
+                k = dy * 4 + dx
+                top = (one - wx) * z[k] + wx * z[k + 1]
+                bottom = (one - wx) * z[k + 4] + wx * z[k + 5]
+                v = _sigmoid(sharpness * ((one - wy) * top + wy * bottom - d + bias))
+                if keep:
+                    taps[tid, dy * 3 + dx] = v
+                total += v
+        visibility[tid] = total / type(d)(9.0)
 
 
+@parallel.chunked
 @wp.kernel
 def _pcf_backward(
     depth_map: wp.array3d(dtype=Any),
@@ -115,40 +120,43 @@ def _pcf_backward(
     adj_depth_map: wp.array3d(dtype=Any),
     adj_coords: wp.array2d(dtype=Any),
     adj_depth: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
-    tid = wp.tid()
-    b = batch_index[tid]
-    d = depth[tid]
-    one = type(d)(1.0)
-    g = adj_visibility[tid] / type(d)(9.0)
-    gx = type(d)(0.0)
-    gy = type(d)(0.0)
-    gd = type(d)(0.0)
-    height = depth_map.shape[1]
-    width = depth_map.shape[2]
-    x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
-    for dy in range(-1, 2):
-        ya = wp.clamp(y0 + dy, 0, height - 1)
-        yb = wp.clamp(y0 + dy + 1, 0, height - 1)
-        for dx in range(-1, 2):
-            xa = wp.clamp(x0 + dx, 0, width - 1)
-            xb = wp.clamp(x0 + dx + 1, 0, width - 1)
-            z00 = depth_map[b, ya, xa]
-            z01 = depth_map[b, ya, xb]
-            z10 = depth_map[b, yb, xa]
-            z11 = depth_map[b, yb, xb]
-            v = taps[tid, (dy + 1) * 3 + dx + 1]
-            gz = g * sharpness * v * (one - v)  # d loss / d z_map(tap)
-            gd -= gz
-            gx += gz * ((one - wy) * (z01 - z00) + wy * (z11 - z10))
-            gy += gz * (((one - wx) * z10 + wx * z11) - ((one - wx) * z00 + wx * z01))
-            wp.atomic_add(adj_depth_map, b, ya, xa, gz * (one - wx) * (one - wy))
-            wp.atomic_add(adj_depth_map, b, ya, xb, gz * wx * (one - wy))
-            wp.atomic_add(adj_depth_map, b, yb, xa, gz * (one - wx) * wy)
-            wp.atomic_add(adj_depth_map, b, yb, xb, gz * wx * wy)
-    adj_coords[tid, 0] = gx
-    adj_coords[tid, 1] = gy
-    adj_depth[tid] = gd
+    thread = wp.tid()
+    for tid in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[tid]
+        d = depth[tid]
+        one = type(d)(1.0)
+        g = adj_visibility[tid] / type(d)(9.0)
+        gx = type(d)(0.0)
+        gy = type(d)(0.0)
+        gd = type(d)(0.0)
+        height = depth_map.shape[1]
+        width = depth_map.shape[2]
+        x0, y0, wx, wy = _cell(coords[tid, 0], coords[tid, 1])
+        for dy in range(-1, 2):
+            ya = wp.clamp(y0 + dy, 0, height - 1)
+            yb = wp.clamp(y0 + dy + 1, 0, height - 1)
+            for dx in range(-1, 2):
+                xa = wp.clamp(x0 + dx, 0, width - 1)
+                xb = wp.clamp(x0 + dx + 1, 0, width - 1)
+                z00 = depth_map[b, ya, xa]
+                z01 = depth_map[b, ya, xb]
+                z10 = depth_map[b, yb, xa]
+                z11 = depth_map[b, yb, xb]
+                v = taps[tid, (dy + 1) * 3 + dx + 1]
+                gz = g * sharpness * v * (one - v)  # d loss / d z_map(tap)
+                gd -= gz
+                gx += gz * ((one - wy) * (z01 - z00) + wy * (z11 - z10))
+                gy += gz * (((one - wx) * z10 + wx * z11) - ((one - wx) * z00 + wx * z01))
+                wp.atomic_add(adj_depth_map, b, ya, xa, gz * (one - wx) * (one - wy))
+                wp.atomic_add(adj_depth_map, b, ya, xb, gz * wx * (one - wy))
+                wp.atomic_add(adj_depth_map, b, yb, xa, gz * (one - wx) * wy)
+                wp.atomic_add(adj_depth_map, b, yb, xb, gz * wx * wy)
+        adj_coords[tid, 0] = gx
+        adj_coords[tid, 1] = gy
+        adj_depth[tid] = gd
 
 
 for _t in (wp.float32, wp.float64):
@@ -161,7 +169,7 @@ for _t in (wp.float32, wp.float64):
         _t,
         _t,
     ]
-    wp.overload(_pcf_forward, [*_inputs, wp.array(dtype=_t), wp.array2d(dtype=_t)])
+    wp.overload(_pcf_forward, [*_inputs, wp.array(dtype=_t), wp.array2d(dtype=_t), int, int])
     wp.overload(
         _pcf_backward,
         [
@@ -171,6 +179,8 @@ for _t in (wp.float32, wp.float64):
             wp.array3d(dtype=_t),
             wp.array2d(dtype=_t),
             wp.array(dtype=_t),
+            int,
+            int,
         ],
     )
 
@@ -240,6 +250,7 @@ class PCFVisibility(torch.autograd.Function):
 PROJECT_MIN_DEPTH = 1e-6  # the depth divisor is clamped here (as LightView.project, the twin)
 
 
+@parallel.chunked
 @wp.kernel
 def _project_forward(
     points: wp.array2d(dtype=Any),
@@ -250,21 +261,25 @@ def _project_forward(
     centre: Any,
     coords: wp.array2d(dtype=Any),
     depth: wp.array(dtype=Any),
+    items: int,
+    chunk: int,
 ):
-    k = wp.tid()
-    b = batch_index[k]
-    d0 = points[k, 0] - eye[b, 0]
-    d1 = points[k, 1] - eye[b, 1]
-    d2 = points[k, 2] - eye[b, 2]
-    q0 = rotation[b, 0, 0] * d0 + rotation[b, 0, 1] * d1 + rotation[b, 0, 2] * d2
-    q1 = rotation[b, 1, 0] * d0 + rotation[b, 1, 1] * d1 + rotation[b, 1, 2] * d2
-    q2 = rotation[b, 2, 0] * d0 + rotation[b, 2, 1] * d1 + rotation[b, 2, 2] * d2
-    zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
-    coords[k, 0] = focal[b] * q0 / zs + centre
-    coords[k, 1] = focal[b] * q1 / zs + centre
-    depth[k] = q2
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[k]
+        d0 = points[k, 0] - eye[b, 0]
+        d1 = points[k, 1] - eye[b, 1]
+        d2 = points[k, 2] - eye[b, 2]
+        q0 = rotation[b, 0, 0] * d0 + rotation[b, 0, 1] * d1 + rotation[b, 0, 2] * d2
+        q1 = rotation[b, 1, 0] * d0 + rotation[b, 1, 1] * d1 + rotation[b, 1, 2] * d2
+        q2 = rotation[b, 2, 0] * d0 + rotation[b, 2, 1] * d1 + rotation[b, 2, 2] * d2
+        zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
+        coords[k, 0] = focal[b] * q0 / zs + centre
+        coords[k, 1] = focal[b] * q1 / zs + centre
+        depth[k] = q2
 
 
+@parallel.chunked
 @wp.kernel
 def _project_backward(
     points: wp.array2d(dtype=Any),
@@ -277,37 +292,40 @@ def _project_backward(
     adj_points: wp.array2d(dtype=Any),
     adj_rotation: wp.array3d(dtype=Any),
     adj_eye: wp.array2d(dtype=Any),
+    items: int,
+    chunk: int,
 ):
-    k = wp.tid()
-    b = batch_index[k]
-    d = wp.vector(points[k, 0] - eye[b, 0], points[k, 1] - eye[b, 1], points[k, 2] - eye[b, 2])
-    q0 = rotation[b, 0, 0] * d[0] + rotation[b, 0, 1] * d[1] + rotation[b, 0, 2] * d[2]
-    q1 = rotation[b, 1, 0] * d[0] + rotation[b, 1, 1] * d[1] + rotation[b, 1, 2] * d[2]
-    q2 = rotation[b, 2, 0] * d[0] + rotation[b, 2, 1] * d[1] + rotation[b, 2, 2] * d[2]
-    f = focal[b]
-    zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
-    gu = adj_coords[k, 0]
-    gv = adj_coords[k, 1]
-    g0 = gu * f / zs
-    g1 = gv * f / zs
-    g2 = adj_depth[k]
-    if q2 > type(q2)(PROJECT_MIN_DEPTH):  # the clamp passes no gradient below the minimum
-        g2 = g2 - (g0 * q0 + g1 * q1) / zs
-    dq = wp.vector(g0, g1, g2)
-    for j in range(3):
-        gp = dq[0] * rotation[b, 0, j] + dq[1] * rotation[b, 1, j] + dq[2] * rotation[b, 2, j]
-        adj_points[k, j] = gp
-        wp.atomic_add(adj_eye, b, j, -gp)
-        for i in range(3):
-            wp.atomic_add(adj_rotation, b, i, j, dq[i] * d[j])
+    thread = wp.tid()
+    for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        b = batch_index[k]
+        d = wp.vector(points[k, 0] - eye[b, 0], points[k, 1] - eye[b, 1], points[k, 2] - eye[b, 2])
+        q0 = rotation[b, 0, 0] * d[0] + rotation[b, 0, 1] * d[1] + rotation[b, 0, 2] * d[2]
+        q1 = rotation[b, 1, 0] * d[0] + rotation[b, 1, 1] * d[1] + rotation[b, 1, 2] * d[2]
+        q2 = rotation[b, 2, 0] * d[0] + rotation[b, 2, 1] * d[1] + rotation[b, 2, 2] * d[2]
+        f = focal[b]
+        zs = wp.max(q2, type(q2)(PROJECT_MIN_DEPTH))
+        gu = adj_coords[k, 0]
+        gv = adj_coords[k, 1]
+        g0 = gu * f / zs
+        g1 = gv * f / zs
+        g2 = adj_depth[k]
+        if q2 > type(q2)(PROJECT_MIN_DEPTH):  # the clamp passes no gradient below the minimum
+            g2 = g2 - (g0 * q0 + g1 * q1) / zs
+        dq = wp.vector(g0, g1, g2)
+        for j in range(3):
+            gp = dq[0] * rotation[b, 0, j] + dq[1] * rotation[b, 1, j] + dq[2] * rotation[b, 2, j]
+            adj_points[k, j] = gp
+            wp.atomic_add(adj_eye, b, j, -gp)
+            for i in range(3):
+                wp.atomic_add(adj_rotation, b, i, j, dq[i] * d[j])
 
 
 for _t in (wp.float32, wp.float64):
     _inputs = [wp.array2d(dtype=_t), wp.array(dtype=wp.int32), wp.array3d(dtype=_t), wp.array2d(dtype=_t)]
     _inputs += [wp.array(dtype=_t)]
-    wp.overload(_project_forward, [*_inputs, _t, wp.array2d(dtype=_t), wp.array(dtype=_t)])
+    wp.overload(_project_forward, [*_inputs, _t, wp.array2d(dtype=_t), wp.array(dtype=_t), int, int])
     _adj = [wp.array2d(dtype=_t), wp.array(dtype=_t), wp.array2d(dtype=_t), wp.array3d(dtype=_t)]
-    wp.overload(_project_backward, [*_inputs, *_adj, wp.array2d(dtype=_t)])
+    wp.overload(_project_backward, [*_inputs, *_adj, wp.array2d(dtype=_t), int, int])
 
 
 class LightProjection(torch.autograd.Function):

@@ -173,13 +173,18 @@ def surface_frames(
     face_wedges: Tensor,
     wedge_vertex: Tensor,
     backend: str = "torch",
+    pixels: tuple[Tensor, Tensor] | None = None,
 ) -> SurfaceFrames:
     """Vertex normals and wedge tangents of posed meshes (vertices (B, V, 3), topology as ``texture``).
 
     "warp" runs the Warp kernels of ``warp_kernels.shading``; any other backend the torch twins.
+    ``pixels`` (batch_index, face) of the pixels that will use the frames: the Warp path then computes
+    only the frames at those faces' corners (zeros elsewhere); the twins compute all of them.
     """
     if backend == "warp":
-        normals, tangents = warp_surface_frames(vertices, faces, uvs, face_uvs, face_wedges, wedge_vertex)
+        normals, tangents = warp_surface_frames(
+            vertices, faces, uvs, face_uvs, face_wedges, wedge_vertex, pixels=pixels
+        )
         return SurfaceFrames(normals=normals, tangents=tangents)
     normals = vertex_normals(vertices, faces)
     tangents = vertex_tangents(vertices, normals, faces, uvs, face_uvs, face_wedges, wedge_vertex)
@@ -455,8 +460,9 @@ class Renderer(torch.nn.Module):
         v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4)
         frags = rasterize_mesh(self.camera, v_raster, faces, "warp", **self.raster_options)
         frames = surface_frames(
-            v_frames, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32, "warp"
-        )
+            v_frames, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32, "warp",
+            pixels=(frags.batch_index, frags.face),
+        )  # fmt: skip
         shadow = None
         if self.shadows:
             view = light_view(v_shadow, light, self.shadow_size, backend="warp")
