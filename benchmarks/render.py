@@ -125,11 +125,13 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
 
     stage("rasterize", rasterize, v)
     topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.wedge_vertex)
-    normals, tangents = stage(
-        "surface_frames",
-        lambda x: (lambda f: (f.normals, f.tangents))(R.surface_frames(x, *topology, backend=r.backend)),
-        v,
-    )
+    used = (frags.batch_index, frags.face) if warp else None  # as the Renderer: frames of these faces
+
+    def frames(x):
+        f = R.surface_frames(x, *topology, backend=r.backend, pixels=used)
+        return f.normals, f.tangents
+
+    normals, tangents = stage("surface_frames", frames, v)
     normals, tangents = normals.detach(), tangents.detach()
     shading_topology = (r.faces, r.uvs, r.face_uvs, r.face_wedges, r.signs)
 
