@@ -10,7 +10,8 @@ attribute (position, UV, normal, tangent, handedness) is then interpolated with 
 pixels only. This is exactly DIB-R's feature interpolation, but the dense per-pixel tensors stay 3 wide
 and the per-pixel work scales with the hand's pixels, not the image.
 
-Backends: "warp" computes the surface frames in fused Warp kernels (``warp_kernels.shading``) and every
+Backends: "warp" computes the surface frames in fused Warp kernels (``warp_kernels.shading``), only at the
+corners of the covered pixels' faces (the only frames the pixels read), and every
 per-pixel step (position interpolation, shadow lookup, texturing + normal mapping + Lambert, composite)
 in one op (``warp_kernels.pipeline``, running the kernels of the separate ops of ``warp_kernels``);
 "torch" and "kaolin" use the plain torch functions below, which are those kernels' twins
