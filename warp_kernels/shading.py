@@ -738,7 +738,8 @@ def _vertex_normals(
     """Unit accumulated normals; 0 at the vertices ``mark`` leaves out (when not empty)."""
     b, q = wp.tid()
     for i in range(q * chunk, wp.min(q * chunk + chunk, acc_n.shape[1])):
-        n = _corner(acc_n, b, i) * type(acc_n[b, i, 0])(0.0)
+        zero = type(acc_n[b, i, 0])(0.0)
+        n = wp.vector(zero, zero, zero)
         if _marked(mark, b, i):
             n = _unit(_corner(acc_n, b, i), type(acc_n[b, i, 0])(NORMALIZE_EPS))
         for c in range(3):
@@ -757,7 +758,7 @@ def _vertex_normals_backward(
     b, q = wp.tid()
     for i in range(q * chunk, wp.min(q * chunk + chunk, acc_n.shape[1])):
         eps = type(acc_n[b, i, 0])(NORMALIZE_EPS)
-        g = _corner(acc_n, b, i) * type(eps)(0.0)
+        g = wp.vector(type(eps)(0.0), type(eps)(0.0), type(eps)(0.0))
         if _marked(mark, b, i):
             g = _unit_grad(_corner(acc_n, b, i), _corner(normals, b, i), _corner(adj_normals, b, i), eps)
         for c in range(3):
@@ -779,7 +780,8 @@ def _wedge_tangents(
     for w in range(q * chunk, wp.min(q * chunk + chunk, wedge_vertex.shape[0])):
         i = wedge_vertex[w]
         a = _corner(acc_t, b, w)
-        t = a * type(a[0])(0.0)
+        zero = type(a[0])(0.0)
+        t = wp.vector(zero, zero, zero)
         if _marked(mark, b, i):
             n = _corner(normals, b, i)
             t = _unit(a - n * wp.dot(n, a), type(a[0])(TANGENT_EPS))
