@@ -49,7 +49,7 @@ def _layout(device: torch.device, n: int, flat: Tensor, pixels: int) -> list[tup
 
 
 def _launch(kernel, n: int, args: list) -> tuple:
-    """A launch step of one thread per item."""
+    """A launch step over n items (``parallel.run_launches``; chunked kernels get their chunk there)."""
     return kernel, n, args
 
 

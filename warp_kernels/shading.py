@@ -22,8 +22,9 @@ CPU: Warp runs a CPU launch on one thread, so every op splits its index range in
 a thread each (``warp_kernels.parallel``): per-pixel kernels get views of their per-pixel arrays, the
 frame kernels whole batch items. Warp's CPU ``atomic_add`` is a plain read-modify-write, so parts that
 accumulate into shared arrays (texture, vertex and light gradients of the shading) get their own
-accumulators, summed afterwards. Every kernel thread handles ``chunk`` consecutive items (``CPU_CHUNK``
-on CPU, which amortizes Warp's per-thread setup; 1 on CUDA). On CUDA every op is one launch.
+accumulators, summed afterwards. Every kernel thread handles ``chunk`` consecutive items
+(``parallel.CPU_CHUNK`` on CPU, which amortizes Warp's per-thread setup; 1 on CUDA). On CUDA every op is
+one launch.
 
 The device comes from the input tensors; Warp is initialized at the first launch, never at import.
 Dimension names: B batch, V vertices, F faces, U uv vertices, W wedges, H W image, Ht Wt texture,
@@ -44,7 +45,6 @@ from warp_kernels import parallel
 wp.set_module_options({"enable_backward": False})
 
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize(eps=1e-12) in the twin
-CPU_CHUNK = 256  # consecutive items per kernel thread on CPU (one per thread on CUDA)
 
 
 @wp.func
@@ -430,7 +430,7 @@ def _step(kernel, items: int | tuple[int, int], args: list) -> tuple:
     dimension in chunks of ``chunk`` items per thread (the kernel's last argument), on the tensors'
     device."""
     device = next(a for a in args if isinstance(a, Tensor)).device
-    chunk = CPU_CHUNK if device.type == "cpu" else 1
+    chunk = parallel.CPU_CHUNK if device.type == "cpu" else 1
     dim = (items[0], -(-items[1] // chunk)) if isinstance(items, tuple) else -(-items // chunk)
     return kernel, dim, [*args, chunk]
 
@@ -855,7 +855,7 @@ class FusedFrames(torch.autograd.Function):
         steps = []
         for k, sl in enumerate(parts):
             items = sl.stop - sl.start
-            an, at, nrm, mk = acc_n[sl], acc_t[sl], normals[sl], mark[sl] if pixels is not None else mark
+            an, at, nrm, mk = acc_n[sl], acc_t[sl], normals[sl], mark[sl]  # (0, 0) without pixels
             part = [an.zero_, at.zero_]
             if pixels is not None:
                 marked = slice(ends[k], ends[k + 1])
@@ -889,7 +889,7 @@ class FusedFrames(torch.autograd.Function):
         steps = []
         for sl in _batch_parts(vertices.device, b, f) if b else []:
             items = sl.stop - sl.start
-            mk = mark[sl] if mark.shape[0] else mark
+            mk = mark[sl]  # (0, 0): every frame
             frames = [acc_t[sl], normals[sl], wedge_vertex, tangents[sl]]
             mesh = [vertices[sl], uvs, faces, face_uvs, face_wedges, angles[sl], adj_acc_n[sl], adj_acc_t[sl]]
             normal_args = [acc_n[sl], normals[sl], adj_n[sl], adj_acc_n[sl], mk]

@@ -460,9 +460,11 @@ class Renderer(torch.nn.Module):
         faces = self.faces_i32
         v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4)
         frags = rasterize_mesh(self.camera, v_raster, faces, "warp", **self.raster_options)
+        # int32, the kernels' type, converted once for the frames and the per-pixel op
+        items, visible = frags.batch_index.to(torch.int32), frags.face.to(torch.int32)
         frames = surface_frames(
             v_frames, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.wedge_vertex_i32, "warp",
-            pixels=(frags.batch_index, frags.face),
+            pixels=(items, visible),
         )  # fmt: skip
         shadow = None
         if self.shadows:
@@ -471,7 +473,7 @@ class Renderer(torch.nn.Module):
             shadow = (depth, view.rotation, view.eye, view.focal, view.size)
             shadow += (self.shadow_sharpness, self.shadow_bias)
         image, normals, position, vis = render_pixels(
-            frags.barycentrics, frags.batch_index, frags.face, frags.flat_index, v_pixels, frames.normals,
+            frags.barycentrics, items, visible, frags.flat_index, v_pixels, frames.normals,
             frames.tangents, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.signs, albedo,
             normal_map, light, ambient, frags.soft_mask, self._background(vertices), shadow,
         )  # fmt: skip
