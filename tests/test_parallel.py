@@ -138,6 +138,31 @@ def test_torch_serial_sets_one_thread_and_restores(two_threads, monkeypatch):
         assert torch.get_num_threads() == 2
 
 
+def test_one_part_makes_every_split_one_part_on_its_thread_only(two_threads):
+    """Inside ``one_part`` the calling thread splits nothing (one part, also in ``torch_serial``), other
+    threads still split in two, and the block restores the count after nesting and errors."""
+    cpu = torch.device("cpu")
+    seen = {}
+
+    def other():
+        torch.set_num_threads(2)  # per thread under OpenMP: a new thread starts from the default
+        seen["parts"] = parallel.num_parts(cpu, 10**6)
+
+    with parallel.one_part():
+        assert parallel.num_threads() == 1 and parallel.split(cpu, 10**6) == [slice(0, 10**6)]
+        with parallel.torch_serial(cpu), parallel.one_part():
+            assert parallel.num_parts(cpu, 10**6) == 1
+        assert parallel.num_threads() == 1
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen["parts"] == 2 and parallel.num_threads() == 2
+    with pytest.raises(ValueError, match="inside"):
+        with parallel.one_part():
+            raise ValueError("inside")
+    assert parallel.num_parts(cpu, 10**6) == 2
+
+
 @needs_openmp
 def test_run_keeps_torch_of_helpers_on_one_thread(two_threads):
     """Jobs of ``parallel.run`` see one torch thread (caller and helper), the caller gets its two back, and

@@ -157,6 +157,34 @@ def test_gradcheck_float64(device):
     assert torch.autograd.gradcheck(fn, [x[k] for k in names], eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+def test_image_into_a_given_buffer():
+    """``image_out``: the image is written into it (here a view of a larger batch's image) and returned as
+    it, with the values and gradients of a call without it; a wrong buffer is refused."""
+    x, f = inputs("cpu")
+    plain = fused(x, f)
+    shape = plain[0].shape
+    big = torch.full((shape[0] + 1, *shape[1:]), 7.0)
+    shadow = (x["depth_map"], x["rotation"], x["eye"], f["focal"], SIZE, SHARPNESS, BIAS)
+    args = (
+        x["bary"], f["batch_index"], f["face"], f["flat"], x["vertices"], x["normals"], x["tangents"],
+        f["faces"], f["uvs"], f["face_uvs"], f["face_wedges"], f["signs"], x["albedo"], x["normal_map"],
+        x["light"], x["ambient"], x["mask"], BACKGROUND, shadow,
+    )  # fmt: skip
+    got = render_pixels(*args, image_out=big[1:])
+    assert got[0].data_ptr() == big[1:].data_ptr() and torch.equal(big[0], torch.full(shape[1:], 7.0))
+    for a, b in zip(got, plain):
+        assert torch.equal(a, b)
+    up = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    grads = [torch.autograd.grad((o[0] * up).sum(), [x["vertices"], x["albedo"]]) for o in (plain, got)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    with pytest.raises(ValueError, match="image_out must be a"):
+        render_pixels(*args, image_out=big)
+    with pytest.raises(ValueError, match="image_out must be a"):
+        render_pixels(*args, image_out=big[1:].double())
+    with pytest.raises(ValueError, match="contiguous"):
+        render_pixels(*args, image_out=big[1:].transpose(1, 2).contiguous().transpose(1, 2))
+
+
 def test_covered_pixels_out_of_order_are_refused():
     x, f = inputs("cpu")
     f["flat"] = f["flat"].flip(0)

@@ -195,6 +195,32 @@ def test_without_soft_mask_features_are_unchanged(fn):
     assert ((outs[0][1] > 0) & (outs[0][2] < 0)).any()  # the soft mask did reach uncovered pixels
 
 
+def test_packed_writes_into_given_buffers():
+    """``out=(soft_mask, face_idx)``: the outputs are those buffers (views of a larger batch's here), with
+    the values and gradients of a call without them; wrong buffers are refused, naming what is wrong."""
+    fvz, fvi, feats, fnz = random_scene(batch=2, dims=(3,), seed=11)
+    height, width = 21, 17
+    args = (height, width, fvz, fvi.clone().requires_grad_(), feats[0], fnz)
+    plain = raster.dibr_rasterization_packed(*args, knum=5)
+    soft, idx = torch.full((3, height, width), 7.0), torch.full((3, height, width), 7, dtype=torch.int64)
+    got = raster.dibr_rasterization_packed(*args, knum=5, out=(soft[1:], idx[1:]))
+    assert got[1].data_ptr() == soft[1:].data_ptr() and got[2].data_ptr() == idx[1:].data_ptr()
+    assert torch.equal(soft[0], torch.full((height, width), 7.0)) and torch.equal(idx[1:], plain[2])
+    for a, b in zip(got, plain):
+        assert torch.equal(a, b)
+    up = torch.randn(plain[1].shape, generator=torch.Generator().manual_seed(12))
+    grads = [torch.autograd.grad((o[1] * up).sum() + o[0].sum(), args[3]) for o in (plain, got)]
+    assert torch.equal(grads[0][0], grads[1][0]) and grads[0][0].abs().sum() > 0
+    with pytest.raises(ValueError, match="out soft_mask must be a"):
+        raster.dibr_rasterization_packed(*args, out=(soft, idx[1:]))
+    with pytest.raises(ValueError, match="out face_idx must be a"):
+        raster.dibr_rasterization_packed(*args, out=(soft[1:], idx[1:].int()))
+    with pytest.raises(ValueError, match="contiguous"):
+        raster.dibr_rasterization_packed(*args, out=(soft[1:], idx[1:].transpose(1, 2).contiguous().mT))
+    with pytest.raises(ValueError, match="pair"):
+        raster.dibr_rasterization_packed(*args, out=soft[1:])
+
+
 def test_packed_gradcheck_float64():
     fvz, fvi, feats, fnz = tiny_mesh()
 

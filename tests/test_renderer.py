@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -213,3 +214,91 @@ def test_renderer_errors_name_argument():
         r(verts, *maps, torch.zeros(2), 0.0)
     with pytest.raises(ValueError, match="backend"):
         Renderer(camera(), faces, face_uvs, uvs, backend="opengl")
+
+
+def anny_batch(hand, batch: int, size: int = 64):
+    """``batch`` posed anny hands in front of a ``size``-pixel camera (vertices (B, V, 3), camera)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        pose = 0.2 * torch.randn(batch, hand.num_pose, 3, generator=g)
+        orient = torch.tensor([0.0, math.pi / 2, 0.0]) + 0.2 * torch.randn(batch, 3, generator=g)
+        v = hand(pose, None, orient).vertices
+        v = v - (v.amin(1, keepdim=True) + v.amax(1, keepdim=True)) / 2 + torch.tensor([0.0, 0.0, 0.4])
+    return v, camera(size)
+
+
+def render_all_outputs(r, inputs, weights):
+    """Render, then backward a weighted sum of every output (image, silhouette, normals, visibility,
+    depth); returns the outputs and the inputs' gradients."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = r(*leaves)
+    loss = sum((getattr(out, name) * w).sum() for name, w in weights.items())
+    loss.backward()
+    return out, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("textures", ["shared", "per_item"])
+@pytest.mark.parametrize("shadows", [True, False], ids=["shadows", "no_shadows"])
+def test_sliced_render_matches_one_render(two_threads, anny_hand_sub, monkeypatch, textures, shadows):
+    """On CPU with two threads the Warp renderer renders a batch as slices at the same time
+    (``renderer._render_slices``): the same outputs, bit for bit, as one render of the whole batch whose
+    launches are split over the threads, and the same gradients (up to the order of the sums of the
+    shared ones) for every input, through every output."""
+    import harp_kaolin.render.renderer as renderer_module
+
+    hand = anny_hand_sub
+    v, cam = anny_batch(hand, 3)
+    g = torch.Generator().manual_seed(2)
+    items = 1 if textures == "shared" else 3
+    albedo = torch.rand(items, 3, 16, 16, generator=g)
+    normal = torch.nn.functional.normalize(torch.rand(items, 3, 16, 16, generator=g) + 1.0, dim=1)
+    inputs = (v, albedo, normal, torch.tensor([[0.1, -0.1, 0.2]] * 3), torch.tensor([[0.3], [-0.2], [0.0]]))
+    shapes = {"image": (3, 64, 64, 3), "silhouette": (3, 64, 64), "normals": (3, 64, 64, 3)}
+    shapes.update(visibility=(3, 64, 64), depth=(3, 64, 64))
+    weights = {name: torch.rand(shape, generator=g) for name, shape in shapes.items()}
+    r = Renderer(cam, hand.faces, hand.face_uvs, hand.uvs, shadows=shadows)
+    threads = set()
+    render_warp = Renderer._render_warp
+
+    def recording(self, *args, **kwargs):
+        threads.add(threading.get_ident())
+        return render_warp(self, *args, **kwargs)
+
+    monkeypatch.setattr(Renderer, "_render_warp", recording)
+    results = {}
+    for sliced in (False, True):
+        monkeypatch.setattr(renderer_module, "SLICED", sliced)
+        threads.clear()
+        results[sliced] = render_all_outputs(r, inputs, weights)
+        assert len(threads) == (2 if sliced else 1)
+    (one, grads_one), (sliced, grads_sliced) = results[False], results[True]
+    assert (one.face_idx >= 0).float().mean() > 0.05
+    for name in ("image", "silhouette", "face_idx", "normals", "visibility", "depth"):
+        assert torch.equal(getattr(sliced, name), getattr(one, name)), name
+    assert torch.equal(sliced.pixels.flat_index, one.pixels.flat_index)
+    assert torch.equal(sliced.pixels.batch_index, one.pixels.batch_index)
+    assert (sliced.pixel_visibility is None) == (not shadows)
+    for got, want in zip(grads_sliced, grads_one):
+        assert got.shape == want.shape and want.abs().sum() > 0
+        scale = want.abs().max()
+        torch.testing.assert_close(got / scale, want / scale, atol=1e-6, rtol=0)
+
+
+def test_sliced_render_without_gradients_and_twice_backward(two_threads, anny_hand_sub):
+    """The sliced render under no_grad builds no graph (also not on the pool thread), with only some inputs
+    needing gradients gives them alone, and a second backward through it says what is wrong."""
+    hand = anny_hand_sub
+    v, cam = anny_batch(hand, 2)
+    r = Renderer(cam, hand.faces, hand.face_uvs, hand.uvs)
+    maps = constant_map([0.6, 0.5, 0.4], 16), flat_normal_map(16)
+    light = torch.tensor([0.1, -0.1, 0.2])
+    with torch.no_grad():
+        plain = r(v, *maps, light, 0.0)
+    assert not plain.image.requires_grad and not plain.pixels.position.requires_grad
+    light = light.clone().requires_grad_()
+    out = r(v, *maps, light, 0.0)
+    assert torch.equal(out.image, plain.image)
+    out.image.sum().backward(retain_graph=True)
+    assert light.grad is not None and light.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="freed by an earlier backward"):
+        out.image.sum().backward()

@@ -43,8 +43,23 @@ _LOADED: set = set()
 
 def num_threads() -> int:
     """The CPU threads Warp launches are spread over: ``torch.get_num_threads()``, as it was outside any
-    ``torch_serial`` block."""
+    ``torch_serial`` block; 1 inside ``one_part``."""
+    if getattr(_THREAD, "one_part", False):
+        return 1
     return getattr(_THREAD, "threads", None) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def one_part() -> Iterator[None]:
+    """Every launch of the calling thread in the block runs as one part (``num_threads()`` is 1 there):
+    for work that is itself one of several jobs of a ``run``, each on its own CPU thread (e.g. one batch
+    slice of a render, ``harp_kaolin.render.renderer``)."""
+    previous = getattr(_THREAD, "one_part", False)
+    _THREAD.one_part = True
+    try:
+        yield
+    finally:
+        _THREAD.one_part = previous
 
 
 @contextlib.contextmanager

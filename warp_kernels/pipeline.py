@@ -64,7 +64,7 @@ class PixelPipeline(torch.autograd.Function):
     ):  # fmt: skip
         wp.init()  # no-op after the first call; Warp is never initialized at import
         batch_index, face, flat, faces, uvs, signs, face_uvs, face_wedges, focal, background = topo
-        size, sharpness, bias = options
+        size, sharpness, bias, image_out = options
         floats = [bary, vertices, normals, tangents, albedo, normal_map, light, ambient, mask]
         bary, vertices, normals, tangents, albedo, normal_map, light, ambient, mask = (
             t.detach().contiguous() for t in floats
@@ -74,7 +74,7 @@ class PixelPipeline(torch.autograd.Function):
             depth_map, rotation, eye = (t.detach().contiguous() for t in (depth_map, rotation, eye))
         n, device = bary.shape[0], bary.device
         position, colour, normal_out = (bary.new_empty(n, 3) for _ in range(3))
-        image = mask.new_empty(mask.shape[0], 3)
+        image = mask.new_empty(mask.shape[0], 3) if image_out is None else image_out.view(-1, 3)
         coords = bary.new_empty(n if shadows else 0, 2)
         depth = bary.new_empty(n if shadows else 0)
         visibility = bary.new_empty(n if shadows else 0)
@@ -122,7 +122,7 @@ class PixelPipeline(torch.autograd.Function):
         position, colour, visibility, coords, depth, taps = saved[9:15]
         depth_map, rotation, eye = saved[15:] if ctx.shadows else (None, None, None)
         batch_index, face, flat, faces, uvs, signs, face_uvs, face_wedges, focal, background = ctx.topo
-        _, sharpness, bias = ctx.options
+        _, sharpness, bias, _ = ctx.options
         device, shadows = bary.device, ctx.shadows
         adj_image = mask.new_zeros(mask.shape[0], 3) if adj_image is None else adj_image.contiguous()
         adj_normal_out = torch.zeros_like(position) if adj_normal_out is None else adj_normal_out.contiguous()
@@ -214,6 +214,7 @@ def render_pixels(
     soft_mask: Tensor,
     background: float | Tensor = 1.0,
     shadow: tuple | None = None,
+    image_out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Interpolate, shadow, shade and composite the covered pixels (see the module docstring).
 
@@ -228,6 +229,8 @@ def render_pixels(
         soft_mask: (B, H, W) soft silhouette; background: scalar or (3,) colour (no gradient).
         shadow: None (V = 1) or (depth_map (B, S, S), rotation (B, 3, 3), eye (B, 3), focal (B,), S,
             sharpness, bias): the light view and its map (``harp_kaolin.render.shading``).
+        image_out: None, or a contiguous (B, H, W, 3) tensor of the vertices' dtype and device that the
+            image is written into and returned as (e.g. a view of a larger batch's image).
 
     Returns:
         image (B, H, W, 3), shading normals (N, 3), positions (N, 3) and visibility (N,) (None without
@@ -251,6 +254,14 @@ def render_pixels(
         rotation, eye = rotation.to(dtype), eye.to(dtype)
         focal = focal.detach().to(dtype).contiguous()
         options = (int(size), float(sharpness), float(bias))
+    if image_out is not None:
+        shape = (*soft_mask.shape, 3)
+        if image_out.shape != shape or image_out.dtype != dtype or image_out.device != device:
+            got = f"{tuple(image_out.shape)} {image_out.dtype} on {image_out.device}"
+            raise ValueError(f"image_out must be a {shape} {dtype} tensor on {device}, got {got}")
+        if not image_out.is_contiguous():
+            raise ValueError("image_out must be contiguous")
+    options = (*options, image_out)
     batch_index, face, faces, face_uvs, face_wedges = (
         t.to(torch.int32).contiguous() for t in (batch_index, face, faces, face_uvs, face_wedges)
     )

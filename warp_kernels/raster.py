@@ -1349,6 +1349,7 @@ class _Options(NamedTuple):
 
     soft: bool  # the DIB-R soft mask on uncovered pixels (else the hard coverage, without gradient)
     packed: bool  # features only at the covered pixels, (N, D) rows in flat-index order
+    out: tuple | None = None  # (soft mask, face index) buffers to write into, as ``_check_out`` checks
 
 
 def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, o: _Options):
@@ -1485,10 +1486,13 @@ class _DibrRasterization(torch.autograd.Function):
         fstride = _BARYCENTRIC if identity else None
         setup = _Setup(xs, ys, ys_up, *scalars, knum, boxlen * multiplier, fstride)
         vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
-        soft = torch.empty((batch, height, width), dtype=dtype, device=device)
+        if options.out is None:
+            soft = torch.empty((batch, height, width), dtype=dtype, device=device)
+            face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
+        else:
+            soft, face_idx = options.out
         dense = (0,) if options.packed else (batch, height, width, feats.shape[-1])
         out = (torch.empty if options.packed else torch.zeros)(dense, dtype=dtype, device=device)
-        face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
 
         def job(launch, sl):
             torch.mul(fvi[sl], multiplier, out=vim[sl])
@@ -1748,6 +1752,7 @@ def dibr_rasterization_packed(
     multiplier=1000,
     eps=1e-8,
     soft_mask=True,
+    out=None,
 ):
     """``dibr_rasterization`` with the features returned at the covered pixels only.
 
@@ -1757,6 +1762,9 @@ def dibr_rasterization_packed(
 
     Args:
         As ``dibr_rasterization``; ``face_features`` is one (B, F, 3, D) tensor.
+        out: None, or (soft_mask, face_idx): contiguous (B, H, W) tensors (the features' dtype, int64) on
+            the inputs' device that the soft mask and face index are written into and returned as (e.g.
+            views of a larger batch's outputs).
 
     Returns:
         features (N, D) of the covered pixels, soft_mask (B, H, W), face_idx (B, H, W) int64 (-1 for
@@ -1767,8 +1775,25 @@ def dibr_rasterization_packed(
     check_dibr_inputs(*args, knum)
     if not torch.is_tensor(face_features):
         raise ValueError("face_features must be one (B, F, 3, D) tensor for the packed rasterization")
+    if out is not None:
+        out = _check_out(out, face_vertices_image, height, width)
     packed, soft, face_idx, flat_index = _DibrRasterization.apply(
         *args, float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
-        _Options(soft=bool(soft_mask), packed=True),
+        _Options(soft=bool(soft_mask), packed=True, out=out),
     )  # fmt: skip
     return packed, soft, face_idx, flat_index
+
+
+def _check_out(out, like: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out`` as (soft mask, face index): two contiguous (B, H, W) tensors, of ``like``'s float type and
+    int64, on its device."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ValueError("out must be a (soft_mask, face_idx) pair of tensors")
+    shape = (like.shape[0], height, width)
+    for name, t, dtype in (("soft_mask", out[0], like.dtype), ("face_idx", out[1], torch.int64)):
+        if not torch.is_tensor(t) or t.shape != shape or t.dtype != dtype or t.device != like.device:
+            got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(f"out {name} must be a {shape} {dtype} tensor on {like.device}, got {got}")
+        if not t.is_contiguous():
+            raise ValueError(f"out {name} must be contiguous")
+    return out[0], out[1]

@@ -134,21 +134,25 @@ def rasterize_packed(
     face_normals_z: Tensor,
     backend: str = "warp",
     soft_mask: bool = True,
+    out: tuple[Tensor, Tensor] | None = None,
     **dibr_kwargs,
 ) -> PackedRasterOutput:
     """``rasterize`` returning the features at the covered pixels only (same values and gradients as
     gathering the dense features where ``face_idx >= 0``).
 
     The Warp backend never builds the dense (B, H, W, D) feature image nor its gradient; the torch and
-    Kaolin backends rasterize densely and gather.
+    Kaolin backends rasterize densely and gather. ``out``: (soft mask, face index) buffers that the Warp
+    backend writes into (``dibr_rasterization_packed``).
     """
     _check_arguments(backend, dibr_kwargs)
     args = (height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z)
     if backend == "warp":
         features, soft, face_idx, flat_index = dibr_rasterization_packed(
-            *args, soft_mask=soft_mask, **dibr_kwargs
+            *args, soft_mask=soft_mask, out=out, **dibr_kwargs
         )
         return PackedRasterOutput(features, flat_index, soft, face_idx)
+    if out is not None:
+        raise ValueError(f"out is supported by the warp backend only, not {backend!r}")
     dense = rasterize(*args, backend=backend, soft_mask=soft_mask, **dibr_kwargs)
     flat_index = (dense.face_idx.reshape(-1) >= 0).nonzero()[:, 0]
     features = dense.features.reshape(-1, dense.features.shape[-1])[flat_index]

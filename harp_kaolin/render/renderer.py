@@ -17,6 +17,12 @@ in one op (``warp_kernels.pipeline``, running the kernels of the separate ops of
 "torch" and "kaolin" use the plain torch functions below, which are those kernels' twins
 (tests/test_fused_shading.py, tests/test_shadow.py, tests/test_pipeline.py).
 
+CPU threads (Warp backend): a batch of several items is rendered as slices of items, one per thread, each
+slice start to end on its own thread with its own autograd graph (``_render_slices``); the outputs are the
+same, bit for bit, as one render of the batch, and the gradients the same up to the order of the sums of
+the shared textures' gradients. One item, one thread, or CUDA: one render, whose launches
+``warp_kernels.parallel`` splits over the threads.
+
 Dimension names: B batch, V vertices, F faces, U uv vertices, W wedges, H W image, Ht Wt texture,
 N covered pixels.
 """
@@ -50,7 +56,12 @@ from harp_kaolin.render.texture import (
     wedge_signs,
     wedges,
 )
+from warp_kernels import interpolate as _wk_interpolate
 from warp_kernels import parallel
+from warp_kernels import project as _wk_project
+from warp_kernels import raster as _wk_raster
+from warp_kernels import shading as _wk_shading
+from warp_kernels import shadow as _wk_shadow
 from warp_kernels.pipeline import render_pixels
 from warp_kernels.shading import surface_frames as warp_surface_frames
 
@@ -193,7 +204,12 @@ def surface_frames(
 
 
 def rasterize_mesh(
-    camera: Camera, vertices: Tensor, faces: Tensor, backend: str = "warp", **options
+    camera: Camera,
+    vertices: Tensor,
+    faces: Tensor,
+    backend: str = "warp",
+    out: tuple[Tensor, Tensor] | None = None,
+    **options,
 ) -> Fragments:
     """DIB-R main pass returning barycentrics (identity corner features).
 
@@ -202,6 +218,7 @@ def rasterize_mesh(
         vertices: (B, V, 3) camera coordinates (z > 0).
         faces: (F, 3) integer vertex indices.
         backend: "warp", "torch" or "kaolin".
+        out: (soft mask, face index) buffers the Warp backend writes into (``rasterize_packed``).
         **options: DIB-R options (sigmainv, boxlen, knum, multiplier, eps).
 
     Returns:
@@ -213,15 +230,15 @@ def rasterize_mesh(
     else:
         corners = _identity_corners(vertices.shape[0], faces.shape[0], vertices.dtype, vertices.device)
     inputs = project_mesh(camera, vertices, faces, corners, "warp" if backend == "warp" else "torch")
-    out = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, **options)
-    flat_index = out.flat_index
+    raster = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, out=out, **options)
+    flat_index = raster.flat_index
     return Fragments(
-        barycentrics=out.features,
+        barycentrics=raster.features,
         flat_index=flat_index,
         batch_index=flat_index // (camera.height * camera.width),
-        face=out.face_idx.reshape(-1).index_select(0, flat_index),  # ~5x faster than [flat_index] on CPU
-        soft_mask=out.soft_mask,
-        face_idx=out.face_idx,
+        face=raster.face_idx.reshape(-1).index_select(0, flat_index),  # ~5x faster than [flat_index] on CPU
+        soft_mask=raster.soft_mask,
+        face_idx=raster.face_idx,
     )
 
 
@@ -338,6 +355,164 @@ def composite_pixels(
     return rest.index_put((pixels.flat_index,), covered).reshape(b, h, w, -1)
 
 
+SLICED = True  # CPU Warp renders of several items: slices of the batch at the same time (see _render_slices)
+# the Warp modules whose kernels a render launches: built before the slices' threads start
+_WARP_MODULES = tuple(m.__name__ for m in (_wk_raster, _wk_project, _wk_shading, _wk_shadow, _wk_interpolate))
+
+
+def _render_slices(
+    renderer: Renderer, slices: list[slice], vertices, albedo, normal_map, light, ambient
+) -> RenderOutput:
+    """The Warp render of a batch as slices of items, each rendered start to end on its own CPU thread
+    (``parallel.run``; every launch of a slice is one part, ``parallel.one_part``), then joined.
+
+    Splitting each launch over the threads instead (one render) hands work to the threads and waits for
+    all of them six or seven times per direction, and the Python and torch work between the launches
+    runs while the other threads wait. Slices meet once per direction, and one slice's Python runs while
+    another's kernels do: the benchmark step (8 items, 448 x 448, two cores) takes 0.92-0.95 of the one
+    render's time (paired in-process runs). With gradients, ``_SlicedRender`` runs the slices' backward
+    passes at the same time too.
+    """
+    inputs = (vertices, albedo, normal_map, light, ambient)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        outputs = _SlicedRender.apply(renderer, slices, *inputs)
+    else:  # grad mode is per thread: the pool threads must not build graphs either
+        outputs = _join(slices, *_run_slices(renderer, slices, inputs, grad=False))
+    image, silhouette, position, normals, visibility, face_idx, flat_index, batch_index = outputs
+    return RenderOutput(
+        image=image,
+        silhouette=silhouette,
+        face_idx=face_idx,
+        pixels=Pixels(flat_index=flat_index, batch_index=batch_index, position=position),
+        pixel_normals=normals,
+        pixel_visibility=visibility,
+    )
+
+
+def _slice_input(t: Tensor, sl: slice, batch: int) -> Tensor:
+    """A batch slice of a per-item input ((B, ...)); a shared one ((1, ...) textures) whole."""
+    return t[sl] if t.shape[0] == batch else t
+
+
+def _run_slices(renderer: Renderer, slices: list[slice], inputs: tuple, grad: bool) -> tuple[list, tuple]:
+    """Per slice, on its own thread: (its inputs, as leaves of its own graph when ``grad``, its
+    RenderOutput); and the batch's image, silhouette and face index, which the slices render into (their
+    own outputs share that memory, ``_alias``)."""
+    vertices = inputs[0]
+    batch, h, w = vertices.shape[0], renderer.camera.height, renderer.camera.width
+    image = vertices.new_empty(batch, h, w, 3)
+    silhouette = vertices.new_empty(batch, h, w)
+    face_idx = torch.empty((batch, h, w), dtype=torch.long, device=vertices.device)
+
+    def job(sl: slice):
+        with torch.set_grad_enabled(grad), parallel.one_part():
+            leaves = [
+                _slice_input(t, sl, batch).detach().requires_grad_(grad and t.requires_grad) for t in inputs
+            ]
+            out = [_alias(t[sl]) for t in (image, silhouette, face_idx)]
+            return leaves, renderer._render_warp(*leaves, out=out)
+
+    return parallel.run(vertices.device, _WARP_MODULES, slices, job), (image, silhouette, face_idx)
+
+
+def _alias(t: Tensor) -> Tensor:
+    """A tensor on ``t``'s memory that autograd does not see as a view of it: a slice's outputs are written
+    into the batch's, but their graphs stay apart (an in-place op on the batch's image, which autograd
+    allows, must not re-base a slice's image onto the batch's graph)."""
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
+
+
+def _join(slices: list[slice], parts: list, dense: tuple) -> tuple:
+    """The slices' outputs as one batch's: image, silhouette, positions, shading normals, visibility
+    (None without shadows), face index, flat index, batch index (the packed rows in slice order, which
+    is the flat-index order)."""
+    outs = [out for _, out in parts]
+    pixels = outs[0].face_idx.shape[1] * outs[0].face_idx.shape[2]
+    position = torch.cat([o.pixels.position.detach() for o in outs])
+    normals = torch.cat([o.pixel_normals.detach() for o in outs])
+    visibility = None
+    if outs[0].pixel_visibility is not None:
+        visibility = torch.cat([o.pixel_visibility.detach() for o in outs])
+    flat = torch.cat([o.pixels.flat_index + sl.start * pixels for sl, o in zip(slices, outs)])
+    items = torch.cat([o.pixels.batch_index + sl.start for sl, o in zip(slices, outs)])
+    return dense[0], dense[1], position, normals, visibility, dense[2], flat, items
+
+
+class _SlicedRender(torch.autograd.Function):
+    """Autograd bridge of ``_render_slices``: each slice keeps its own graph (from its own leaves), and the
+    backward runs the slices' graphs at the same time, each on its own thread (``torch.autograd.grad``
+    there); per-item gradients are joined, those of shared textures summed."""
+
+    @staticmethod
+    @parallel.serial
+    def forward(ctx, renderer, slices, vertices, albedo, normal_map, light, ambient):
+        inputs = (vertices, albedo, normal_map, light, ambient)
+        parts, dense = _run_slices(renderer, slices, inputs, grad=True)
+        outputs = _join(slices, parts, dense)
+        ctx.parts, ctx.slices = parts, slices
+        ends = torch.tensor([out.pixel_normals.shape[0] for _, out in parts]).cumsum(0).tolist()
+        ctx.rows = [slice(end - out.pixel_normals.shape[0], end) for end, (_, out) in zip(ends, parts)]
+        ctx.shapes = [(t.shape, t.dtype) for t in inputs]
+        ctx.device = vertices.device
+        ctx.mark_non_differentiable(*outputs[5:])
+        ctx.set_materialize_grads(False)
+        return outputs
+
+    @staticmethod
+    @parallel.serial
+    def backward(ctx, g_image, g_silhouette, g_position, g_normals, g_visibility, *_unused):
+        if ctx.parts is None:
+            raise RuntimeError(
+                "the sliced Warp render's graph was freed by an earlier backward (retain_graph is not "
+                "supported on the CPU sliced path; set harp_kaolin.render.renderer.SLICED = False)"
+            )
+        batch = ctx.shapes[0][0][0]
+
+        def job(k: int):
+            sl, rows = ctx.slices[k], ctx.rows[k]
+            leaves, out = ctx.parts[k]
+            pairs = [
+                (out.image, g_image, sl),
+                (out.silhouette, g_silhouette, sl),
+                (out.pixels.position, g_position, rows),
+                (out.pixel_normals, g_normals, rows),
+                (out.pixel_visibility, g_visibility, rows),
+            ]
+            pairs = [(o, g[at]) for o, g, at in pairs if g is not None and o is not None and o.requires_grad]
+            wanted = [t for t in leaves if t.requires_grad]
+            if not pairs or not wanted:
+                return [None] * len(leaves)
+            with parallel.one_part():
+                found = iter(
+                    torch.autograd.grad(
+                        [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+                    )
+                )
+            return [next(found) if t.requires_grad else None for t in leaves]
+
+        per_slice = parallel.run(ctx.device, _WARP_MODULES, list(range(len(ctx.slices))), job)
+        grads = []
+        for i, (shape, dtype) in enumerate(ctx.shapes):
+            parts = [g[i] for g in per_slice]
+            if not ctx.needs_input_grad[2 + i]:
+                grads.append(None)
+            elif shape[0] == batch:  # per item: the slices' gradients in order
+                zeros = [(sl.stop - sl.start, *shape[1:]) for sl in ctx.slices]
+                parts = [
+                    torch.zeros(z, dtype=dtype, device=ctx.device) if g is None else g
+                    for g, z in zip(parts, zeros)
+                ]
+                grads.append(torch.cat(parts))
+            else:  # shared by the items (a (1, ...) texture): the slices' gradients summed
+                present = [g for g in parts if g is not None]
+                total = present[0] if present else None
+                for g in present[1:]:
+                    total.add_(g)
+                grads.append(total)
+        ctx.parts = None
+        return (None, None, *grads)
+
+
 class Renderer(torch.nn.Module):
     """HARP's differentiable renderer (PyTorch3D style: forward strings plain functions together).
 
@@ -418,8 +593,19 @@ class Renderer(torch.nn.Module):
         if self.backend == "warp":
             # torch's ops between the Warp launches on one thread (see parallel.torch_serial)
             with parallel.torch_serial(vertices.device):
+                slices = self._slices(vertices)
+                if slices is not None:
+                    return _render_slices(self, slices, vertices, albedo, normal_map, light, ambient)
                 return self._render(vertices, albedo, normal_map, light, ambient)
         return self._render(vertices, albedo, normal_map, light, ambient)
+
+    def _slices(self, vertices: Tensor) -> list[slice] | None:
+        """The batch slices that the Warp path renders at the same time, each on its own CPU thread
+        (``_render_slices``), or None: one render whose launches are split over the threads instead
+        (CUDA, one thread, one item, or ``SLICED = False``)."""
+        if not SLICED or vertices.device.type != "cpu" or parallel.num_threads() < 2 or vertices.shape[0] < 2:
+            return None
+        return parallel.split(vertices.device, vertices.shape[0], min_items=1)
 
     def _render(
         self, vertices: Tensor, albedo: Tensor, normal_map: Tensor, light: Tensor, ambient: Tensor
@@ -452,14 +638,22 @@ class Renderer(torch.nn.Module):
         )
 
     def _render_warp(
-        self, vertices: Tensor, albedo: Tensor, normal_map: Tensor, light: Tensor, ambient: Tensor
+        self,
+        vertices: Tensor,
+        albedo: Tensor,
+        normal_map: Tensor,
+        light: Tensor,
+        ambient: Tensor,
+        out: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> RenderOutput:
         """The Warp path: rasterization, surface frames and shadow map, then every per-pixel step in one op
         (``warp_kernels.pipeline``). Each consumer of the vertices gets its own alias (``parallel.fan_out``),
-        so their gradients are summed on one thread instead of by the autograd engine on all of them."""
+        so their gradients are summed on one thread instead of by the autograd engine on all of them.
+        ``out``: (image, silhouette, face index) buffers to render into (``_render_slices``)."""
         faces = self.faces_i32
         v_raster, v_frames, v_pixels, v_shadow = parallel.fan_out(vertices, 4)
-        frags = rasterize_mesh(self.camera, v_raster, faces, "warp", **self.raster_options)
+        raster_out = None if out is None else out[1:]
+        frags = rasterize_mesh(self.camera, v_raster, faces, "warp", raster_out, **self.raster_options)
         # int32, the kernels' type, converted once for the frames and the per-pixel op
         items, visible = frags.batch_index.to(torch.int32), frags.face.to(torch.int32)
         frames = surface_frames(
@@ -476,6 +670,7 @@ class Renderer(torch.nn.Module):
             frags.barycentrics, items, visible, frags.flat_index, v_pixels, frames.normals,
             frames.tangents, faces, self.uvs, self.face_uvs_i32, self.face_wedges_i32, self.signs, albedo,
             normal_map, light, ambient, frags.soft_mask, self._background(vertices), shadow,
+            None if out is None else out[0],
         )  # fmt: skip
         return RenderOutput(
             image=image,
