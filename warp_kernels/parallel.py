@@ -49,6 +49,18 @@ def num_threads() -> int:
     return getattr(_THREAD, "threads", None) or torch.get_num_threads()
 
 
+def check_buffer(name: str, t, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``t`` if it is a contiguous tensor of ``shape``, ``dtype`` on ``device`` (an output buffer a
+    launch writes into, e.g. the ``out=`` of ``raster.dibr_rasterization_packed``); else a ValueError
+    that names ``name`` and says what it got."""
+    if not torch.is_tensor(t) or t.shape != shape or t.dtype != dtype or t.device != device:
+        got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if torch.is_tensor(t) else type(t).__name__
+        raise ValueError(f"{name} must be a {shape} {dtype} tensor on {device}, got {got}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return t
+
+
 @contextlib.contextmanager
 def one_part() -> Iterator[None]:
     """Every launch of the calling thread in the block runs as one part (``num_threads()`` is 1 there):

@@ -255,12 +255,7 @@ def render_pixels(
         focal = focal.detach().to(dtype).contiguous()
         options = (int(size), float(sharpness), float(bias))
     if image_out is not None:
-        shape = (*soft_mask.shape, 3)
-        if image_out.shape != shape or image_out.dtype != dtype or image_out.device != device:
-            got = f"{tuple(image_out.shape)} {image_out.dtype} on {image_out.device}"
-            raise ValueError(f"image_out must be a {shape} {dtype} tensor on {device}, got {got}")
-        if not image_out.is_contiguous():
-            raise ValueError("image_out must be contiguous")
+        parallel.check_buffer("image_out", image_out, (*soft_mask.shape, 3), dtype, device)
     options = (*options, image_out)
     batch_index, face, faces, face_uvs, face_wedges = (
         t.to(torch.int32).contiguous() for t in (batch_index, face, faces, face_uvs, face_wedges)

@@ -1790,10 +1790,5 @@ def _check_out(out, like: torch.Tensor, height: int, width: int) -> tuple[torch.
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise ValueError("out must be a (soft_mask, face_idx) pair of tensors")
     shape = (like.shape[0], height, width)
-    for name, t, dtype in (("soft_mask", out[0], like.dtype), ("face_idx", out[1], torch.int64)):
-        if not torch.is_tensor(t) or t.shape != shape or t.dtype != dtype or t.device != like.device:
-            got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if torch.is_tensor(t) else type(t).__name__
-            raise ValueError(f"out {name} must be a {shape} {dtype} tensor on {like.device}, got {got}")
-        if not t.is_contiguous():
-            raise ValueError(f"out {name} must be contiguous")
-    return out[0], out[1]
+    soft = parallel.check_buffer("out soft_mask", out[0], shape, like.dtype, like.device)
+    return soft, parallel.check_buffer("out face_idx", out[1], shape, torch.int64, like.device)
