@@ -195,6 +195,46 @@ def test_without_soft_mask_features_are_unchanged(fn):
     assert ((outs[0][1] > 0) & (outs[0][2] < 0)).any()  # the soft mask did reach uncovered pixels
 
 
+@pytest.mark.parametrize("sequential", [True, False], ids=["in-order", "order-independent"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_faces_in_part_of_the_image(monkeypatch, sequential, packed):
+    """Faces in one corner of each image (a different corner per item, so the window of faces is smaller
+    than the image): the dense outputs are the twin's everywhere, also where given buffers held other
+    values and no face is near, and so are the gradients."""
+    monkeypatch.setattr(raster, "SEQUENTIAL_CPU", sequential)
+    fvz, fvi, feats, fnz = random_scene(batch=2, faces=12, dims=(2,), seed=13, size=0.5)
+    corner = torch.tensor([[[[-0.5, 0.5]]], [[[-0.3, 0.2]]]])
+    fvi = (0.3 * fvi + corner).contiguous()  # each item's faces around its own point
+    height, width, knum, boxlen = 33, 29, 4, 0.08
+    g = torch.Generator().manual_seed(14)
+    up_feat = torch.randn(2, height, width, 2, generator=g)
+    up_soft = torch.randn(2, height, width, generator=g)
+    results = []
+    for fn in ("warp", "torch"):
+        vi, ff = fvi.clone().requires_grad_(), feats[0].clone().requires_grad_()
+        args = (height, width, fvz, vi, ff, fnz)
+        if fn == "torch":
+            dense, soft, idx = torch_dibr(*args, knum=knum, boxlen=boxlen)
+        elif packed:
+            junk = (torch.full((2, height, width), 0.5), torch.full((2, height, width), 3, dtype=torch.int64))
+            out, soft, idx, flat = raster.dibr_rasterization_packed(*args, knum=knum, boxlen=boxlen, out=junk)
+            dense = torch.zeros(2 * height * width, 2).index_put((flat,), out).reshape(2, height, width, 2)
+        else:
+            dense, soft, idx = warp_dibr(*args, knum=knum, boxlen=boxlen)
+        ((dense * up_feat).sum() + (soft * up_soft).sum()).backward()
+        results.append((dense, soft, idx, vi.grad, ff.grad))
+    (dense, soft, idx, g_vi, g_ff), (t_dense, t_soft, t_idx, t_vi, t_ff) = results
+    assert torch.equal(idx, t_idx)
+    torch.testing.assert_close(dense, t_dense, atol=FORWARD_TOL, rtol=0)
+    torch.testing.assert_close(soft, t_soft, atol=FORWARD_TOL, rtol=0)
+    # the scene: covered pixels, a soft border, and a far corner of every image untouched by any face
+    assert (idx >= 0).any() and ((soft > 0) & (soft < 1)).any()
+    assert torch.all(soft[:, -8:, -8:] == 0) and torch.all(idx[:, -8:, -8:] == -1)
+    for a, b in ((g_vi, t_vi), (g_ff, t_ff)):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=GRAD_RTOL * float(b.abs().max()))
+
+
 def test_packed_writes_into_given_buffers():
     """``out=(soft_mask, face_idx)``: the outputs are those buffers (views of a larger batch's here), with
     the values and gradients of a call without them; wrong buffers are refused, naming what is wrong."""

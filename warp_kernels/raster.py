@@ -40,6 +40,10 @@ Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand)
   row, 1 pixel margin, before the exact test). On CPU a launch runs its threads in index order, so one
   pass keeps the first face with the largest z; on CUDA two passes (atomic max of z, then atomic min of
   the index among faces at that z) give the same answer whatever the thread order.
+- dense outputs: the union of the faces' grown boxes (the window) holds every covered pixel and every
+  nonzero soft-mask value, so it is computed first and the per-pixel pass (face index, coverage, the
+  list of covered pixels) visits the window only; the rest of the image is filled as background
+  (a fill is several times cheaper per pixel than a kernel pass, and the hand covers a small part).
 - soft pass: faces draw their grown boxes into a difference array whose 2D prefix sum counts the
   candidates of every pixel. On CPU (index order) each face in turn visits the pixels of its box that
   have fewer than ``knum`` faces yet, computes their probabilities and appends them to one stream in
@@ -218,6 +222,19 @@ def _pixel(p: int, height: int, width: int):
     return b, i, r - i * width
 
 
+@wp.func
+def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: int):
+    """Flat pixel index of thread t over (image, window row, window column), its row and its column."""
+    rows = window[1] - window[0]
+    columns = window[3] - window[2]
+    b = t // (rows * columns)
+    r = t - b * rows * columns
+    i = r // columns
+    j = r - i * columns + window[2]
+    i = i + window[0]
+    return (b * height + i) * width + j, i, j
+
+
 @parallel.chunked
 @wp.kernel
 def _hard_pass(
@@ -366,14 +383,17 @@ def _interpolate(
     out: wp.array(dtype=Any),
     covered: wp.array(dtype=wp.int64),
     count: wp.array(dtype=wp.int32),
+    window: wp.array(dtype=wp.int32),
     items: int,
     chunk: int,
 ):
-    """Per pixel: face index (-1 for background), soft mask 1 if covered (else 0 for now) and the
-    features of the winning face (``out`` comes zeroed). With ``covered`` not empty (sequential CPU
-    launches only) the covered pixels are also listed there, in increasing order, ``count[0]`` of them."""
+    """Per pixel of the window (items x window rows x window columns, ``_window_pixel``): face index (-1
+    for background), soft mask 1 if covered (else 0 for now) and the features of the winning face
+    (``out`` comes zeroed). With ``covered`` not empty (sequential CPU launches only) the covered pixels
+    are also listed there, in increasing order, ``count[0]`` of them."""
     thread = wp.tid()
-    for p in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
+        p, _i, _j = _window_pixel(t, window, ys.shape[0], xs.shape[0])
         f = fidx[p]
         if _is_background(fidx, p, f):
             face_idx[p] = wp.int64(-1)
@@ -512,19 +532,6 @@ def _soft_boxes(
         wp.atomic_max(window, 1, bottom)
         wp.atomic_min(window, 2, left)
         wp.atomic_max(window, 3, right)
-
-
-@wp.func
-def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: int):
-    """Flat pixel index of thread t over (image, window row, window column), the column, the row."""
-    rows = window[1] - window[0]
-    columns = window[3] - window[2]
-    b = t // (rows * columns)
-    r = t - b * rows * columns
-    i = r // columns
-    j = r - i * columns + window[2]
-    i = i + window[0]
-    return (b * height + i) * width + j, i, j
 
 
 @wp.kernel
@@ -1274,25 +1281,23 @@ def _streams(height: int, width: int) -> bool:
     return SEQUENTIAL_CPU and height <= 2**13 and width <= 2**15
 
 
-def _soft_mask(launch, vim, fidx, soft, c: _Setup):
-    """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
-    (``_SoftStream`` or ``_SoftLists``), None when no face has a box.
+class _Window(NamedTuple):
+    """The union of the grown boxes of a slice's faces (``_soft_boxes``), which holds every pixel that a
+    face covers or whose soft mask is not 0."""
 
-    Per uncovered pixel, the faces whose grown box holds it are the candidates; only the window, the
-    union of all grown boxes of the slice's faces, is visited. On CPU (sequential launch) faces run in
-    index order, each pixel keeps the first ``knum``, and ``_soft_stream`` computes the probabilities
-    face by face (the face's corners stay in registers), into a stream in face order (the backward then
-    also runs face by face). On CUDA each pixel lists all its faces, in any order, and
-    ``_soft_forward`` sorts the list and computes them pixel by pixel. Both multiply in face order: the
-    same soft mask, bit for bit.
-    """
+    tensor: torch.Tensor  # (4,) int32 top, bottom, left, right (half-open), pixels
+    box: tuple[int, int, int, int]  # the same numbers
+    corners: torch.Tensor  # (B*(H+1)*(W+1),) int32 difference array of the faces per pixel
+    boxes: torch.Tensor  # (B*F*4,) int32 each face's grown box
+
+
+def _soft_window(launch, vim, c: _Setup) -> _Window | None:
+    """Each face's box grown by the soft mask's margin, drawn into a difference array (the faces per
+    pixel, once summed down and across), and their union; None when no face has a box."""
     batch, faces = vim.shape[:2]
     height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
-    stream = device.type == "cpu" and _streams(height, width)
-    cap = c.knum if stream else 2**31 - 1
     margin = parallel.scalar(dtype, c.margin)
     grid = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
-    # faces per pixel: grown boxes drawn into a difference array, then summed down and across
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
     window = torch.tensor([height, 0, width, 0], dtype=torch.int32, device=device)
     boxes = torch.empty(batch * faces * 4, dtype=torch.int32, device=device)
@@ -1300,6 +1305,27 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup):
     top, bottom, left, right = window.tolist()
     if top >= bottom or left >= right:
         return None
+    return _Window(window, (top, bottom, left, right), corners, boxes)
+
+
+def _soft_mask(launch, vim, fidx, soft, c: _Setup, win: _Window):
+    """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
+    (``_SoftStream`` or ``_SoftLists``).
+
+    Per uncovered pixel, the faces whose grown box holds it are the candidates; only the window, the
+    union of all grown boxes of the slice's faces (``_soft_window``), is visited. On CPU (sequential
+    launch) faces run in index order, each pixel keeps the first ``knum``, and ``_soft_stream`` computes
+    the probabilities face by face (the face's corners stay in registers), into a stream in face order
+    (the backward then also runs face by face). On CUDA each pixel lists all its faces, in any order,
+    and ``_soft_forward`` sorts the list and computes them pixel by pixel. Both multiply in face order:
+    the same soft mask, bit for bit.
+    """
+    batch, faces = vim.shape[:2]
+    height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
+    stream = device.type == "cpu" and _streams(height, width)
+    cap = c.knum if stream else 2**31 - 1
+    window, corners, boxes = win.tensor, win.corners, win.boxes
+    top, bottom, left, right = win.box
     rows, columns = bottom - top, right - left
     w_window = _wp(window)
     blocks = batch * ((columns + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK)
@@ -1358,18 +1384,34 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
     Returns what backward needs, and for a packed call the slice's covered pixels (flat indices local
     to the slice, int64) and their features.
     """
-    faces, dims = vim.shape[1], feats.shape[-1]
+    batch, faces, dims = vim.shape[0], vim.shape[1], feats.shape[-1]
+    height, width = c.ys.shape[0], c.xs.shape[0]
     fstride = _feature_stride(feats, c)
+    # the soft mask's window first: no face covers a pixel outside it, so the dense pass visits it alone
+    win = _soft_window(launch, vim, c) if o.soft else None
     fidx, _ = _hard_search(launch, vim, fvz, fnz, c)
+    sequential = vim.device.type == "cpu" and SEQUENTIAL_CPU
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
+    if win is not None:
+        box, window = win.box, win.tensor
+    else:  # the whole image, or nothing when no face has a box (then no face covers a pixel either)
+        box = (0, 0, 0, 0) if o.soft else (0, height, 0, width)
+        window = torch.tensor(box, dtype=torch.int32, device=vim.device)
+    items = batch * (box[1] - box[0]) * (box[3] - box[2])
+    if items < fidx.numel():  # the background outside the window: fills, not the kernel
+        face_idx.fill_(-1)
+        soft.zero_()
+        if not sequential:  # the atomic passes' background index, made -1 (the kernel does it inside)
+            fidx.masked_fill_(fidx == _NO_FACE, -1)
     dense_dims = 0 if o.packed else dims
     args = [w_vim, w_feats, faces, dense_dims, fstride, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
     # a sequential (CPU) launch lists the covered pixels in order itself; elsewhere nonzero() does
-    listed = o.packed and vim.device.type == "cpu" and SEQUENTIAL_CPU
-    covered = torch.empty(fidx.numel() if listed else 0, dtype=torch.int64, device=vim.device)
+    listed = o.packed and sequential
+    covered = torch.empty(items if listed else 0, dtype=torch.int64, device=vim.device)
     count = torch.zeros(1, dtype=torch.int32, device=vim.device)
-    launch(_interpolate, fidx.numel(), [*args, _wp(soft), _wp(out.view(-1)), _wp(covered), _wp(count)])
+    args += [_wp(soft), _wp(out.view(-1)), _wp(covered), _wp(count), _wp(window)]
+    launch(_interpolate, items, args)
     flat = packed = None
     if o.packed:
         flat = covered[: int(count)].clone() if listed else (fidx >= 0).nonzero()[:, 0]
@@ -1390,8 +1432,8 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
             ]
             launch(_interpolate_packed, flat.shape[0], args)
     soft_saved = None
-    if o.soft:
-        soft_saved = _soft_mask(launch, vim, fidx, soft, c)
+    if win is not None:
+        soft_saved = _soft_mask(launch, vim, fidx, soft, c, win)
     return (fidx, flat, soft_saved), packed
 
 
