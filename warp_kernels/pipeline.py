@@ -149,8 +149,7 @@ class PixelPipeline(torch.autograd.Function):
             k = sl.stop - sl.start
             part = []
             if im.stop > im.start:
-                args = [background, adj_image[im], adj_mask[im]]
-                part.append(shading._step(shading._composite_background_backward, im.stop - im.start, args))
+                part.append(_background_gradient(adj_image[im], background, adj_mask[im]))
             if k:
                 sums = [acc.part(j, zero=False) for acc in (*shade_sums, *shadow_sums, vertex_sum)]
                 part += [acc.zero_ for acc in sums]
@@ -187,6 +186,13 @@ class PixelPipeline(torch.autograd.Function):
         grads = [adj_bary, totals[-1], g_normals, g_tangents, g_albedo, g_normal_map, g_light, g_ambient]
         grads += [adj_mask, g_depth_map, g_rotation, g_eye]
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
+
+
+def _background_gradient(adj_image: Tensor, background: Tensor, adj_mask: Tensor):
+    """A step of ``parallel.run_launches`` that writes the mask's gradient of every pixel as if uncovered,
+    ``-(adj_image . background)`` (the covered pixels' are written after it): a matrix-vector product,
+    which streams the (N, 3) gradient about twice as fast as a kernel pass over the pixels."""
+    return lambda: torch.mv(adj_image, background, out=adj_mask).neg_()
 
 
 def _adder(target: Tensor, value: Tensor):
