@@ -1,6 +1,7 @@
 """warp_kernels.parallel: the CPU launch path (recorded launches replayed with new arguments, cached array
 descriptors) against plain torch arithmetic, from one and from two threads."""
 
+import functools
 import os
 import threading
 
@@ -420,3 +421,98 @@ def test_descriptor_matches_warps_own_conversion():
         got, expected = parallel._descriptor(t), wp.from_torch(t, requires_grad=False, return_ctype=True)
         assert (got.data, got.grad, got.ndim, got.flags) == (expected.data, 0, expected.ndim, expected.flags)
         assert list(got.shape) == list(expected.shape) and list(got.strides) == list(expected.strides)
+
+
+def _dummy_arguments(signature: list, seed: int) -> list:
+    """An argument per kernel parameter: tensors of its dtype and rank (every other one a strided view),
+    ints and floats (Python floats, and Warp scalars for every other float)."""
+    import warp as wp
+
+    torch_dtype = {wp.float32: torch.float32, wp.float64: torch.float64, wp.int32: torch.int32}
+    torch_dtype[wp.int64] = torch.int64
+    gen = torch.Generator().manual_seed(seed)
+    args = []
+    for k, (_, arg, array, dtype, ndim) in enumerate(signature):
+        if array:
+            base = (torch.rand((6,) * ndim, generator=gen) * 100).to(torch_dtype[dtype])
+            args.append(base[(slice(1, None, 2),) * ndim] if k % 2 else base[(slice(0, 3),) * ndim])
+        elif arg in (wp.float32, wp.float64):
+            args.append(0.375 + k if k % 2 else arg(0.375 + k))
+        else:
+            args.append(7 + k)
+    return args
+
+
+def test_replayed_launch_fills_the_struct_warp_builds():
+    """A replayed CPU launch (``parallel._CpuLaunch``) writes, byte for byte, the argument struct and
+    launch bounds that Warp builds for the same arguments (``wp.launch`` of Warp arrays, then the struct of
+    its parameters): arrays of 1 to 4 dimensions, strided views, int and float scalars, float32 and
+    float64 kernels, 1-d and 2-d launches; a second set of arguments replaces the first."""
+    import ctypes
+
+    import warp as wp
+
+    from warp_kernels import project, raster, shading, shadow
+
+    wp.init()
+    cpu = torch.device("cpu")
+    cases = [(shading._shade, 1000), (raster._soft_boxes, 300), (shadow._pcf_forward, 77)]
+    cases += [(project._project_faces, (2, 50)), (raster._hard_backward, 9)]
+    for scalar in (wp.float32, wp.float64):
+        for kernel, dim in cases:
+            concrete = parallel.overload(kernel, scalar)
+            signature = parallel._signature(concrete)
+            chunked = kernel in parallel._CHUNKED
+            for seed in (0, 1):
+                args = _dummy_arguments(signature[: len(signature) - 2] if chunked else signature, seed)
+                command = parallel._command(kernel, dim, args, cpu, ("test", seed > 0))
+                assert isinstance(command, parallel._CpuLaunch)
+                command = parallel._command(kernel, dim, args, cpu, ("test", False))  # replay, same slot
+                full, threads = args, dim
+                if chunked:
+                    full, threads = [*args, dim, parallel.CPU_CHUNK], -(-dim // parallel.CPU_CHUNK)
+                inputs = [wp.from_torch(a, requires_grad=False) if torch.is_tensor(a) else a for a in full]
+                reference = wp.launch(concrete, dim=threads, inputs=inputs, device="cpu", record_cmd=True)
+                fields = [(a.label, type(p)) for a, p in zip(concrete.adj.args, reference.params[1:])]
+                expected = type("Expected", (ctypes.Structure,), {"_fields_": fields})()
+                for (name, _), value in zip(fields, reference.params[1:]):
+                    setattr(expected, name, value)
+                assert bytes(command._args) == bytes(expected), (kernel.key, scalar, seed)
+                assert bytes(command._bounds) == bytes(reference.bounds), (kernel.key, dim)
+
+
+def test_launch_with_a_vector_argument_replays_through_warp(monkeypatch):
+    """A kernel with an argument that is neither an array nor a plain scalar (a vec3) keeps Warp's own
+    replay, and its launches compute what torch does, for new arguments too; a launch with more
+    dimensions than the kernel's thread index is refused."""
+    import warp as wp
+
+    kernel = _shifted_norms()
+    cpu = torch.device("cpu")
+    gen = torch.Generator().manual_seed(5)
+    for seed in range(2):
+        points, out = torch.rand(10, 3, generator=gen), torch.empty(10)
+        shift = wp.vec3(0.5 + seed, -1.0, 2.0)
+        parallel.launch_tensors(kernel, 10, [points, shift, out], cpu)
+        expected = (points + torch.tensor([0.5 + seed, -1.0, 2.0])).norm(dim=1)
+        torch.testing.assert_close(out, expected)
+    command = parallel._command(kernel, 10, [points, shift, out], cpu, None)
+    assert not isinstance(command, parallel._CpuLaunch)
+    from warp_kernels import raster
+
+    corners, window = torch.zeros(30, dtype=torch.int32), torch.tensor([0, 2, 0, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="launch dimensions"):
+        parallel._command(raster._column_prefix, (2, 2), [corners, 2, 4, 4, window], cpu, None)
+
+
+@functools.cache
+def _shifted_norms():
+    """A kernel with a vec3 argument: out[i] = |points[i] + shift| (built on first use)."""
+    import warp as wp
+
+    @wp.kernel
+    def shifted_norms(points: wp.array2d(dtype=wp.float32), shift: wp.vec3, out: wp.array(dtype=wp.float32)):
+        i = wp.tid()
+        out[i] = wp.length(wp.vec3(points[i, 0], points[i, 1], points[i, 2]) + shift)
+
+    return shifted_norms

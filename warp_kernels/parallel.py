@@ -21,9 +21,11 @@ spinning worker takes half of a core from the Warp part running there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
 import os
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -252,8 +254,8 @@ def _descriptor(t: torch.Tensor):
     buffers at the same addresses, and a descriptor is only those numbers. It keeps no reference to the
     tensor (the caller keeps the tensor alive while a launch runs).
 
-    A new one is made directly (address, rank, shape, byte strides): ``from_torch`` took ~25 us each,
-    about 2.5 ms of the calling thread per render step for the ~100 buffers at new addresses."""
+    A new one is made directly (address, rank, shape, byte strides): ``from_torch`` took ~25 us each.
+    CPU replays (``_CpuLaunch``) write the same numbers into their struct themselves."""
     key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
     found = _DESCRIPTORS.get(key)
     if found is None:
@@ -276,12 +278,13 @@ _MAX_DIMS = len(_ARRAY_T().shape)  # dimensions a descriptor holds
 def launch_tensors(kernel, dim, args: list, device: torch.device) -> None:
     """``wp.launch`` with torch tensors among the arguments, at a fraction of its Python cost.
 
-    The generic kernel's overload is picked once per float type (float64 if any float tensor is) and the
-    tensors go in as Warp's low-level array descriptors (``_descriptor``), which Warp does not check:
-    their dtype and dimension count are checked here instead. Python floats become the kernel's scalar
-    type. On CUDA the launch goes to torch's current stream. On CPU each thread replays its own recorded
-    launch of the kernel (``wp.launch(record_cmd=True)``, with the new dimensions and arguments set in
-    place), which skips most of ``wp.launch``'s per-call work.
+    The generic kernel's overload is picked once per float type (float64 if any float tensor is); the
+    tensors' dtype and dimension count are checked here (Warp does not check what it is given below).
+    On CUDA the tensors go in as Warp's low-level array descriptors (``_descriptor``), Python floats as
+    the kernel's scalar type, and the launch goes to torch's current stream. On CPU each thread replays
+    its own launch of the kernel, recorded once (``wp.launch(record_cmd=True)``): the new dimensions and
+    arguments are written straight into its argument struct and the kernel's entry point is called
+    (``_CpuLaunch``), which skips nearly all of ``wp.launch``'s per-call work.
     """
     command = _command(kernel, dim, args, device, None)
     if command is not None:
@@ -307,21 +310,17 @@ def _command(kernel, dim, args: list, device: torch.device, slot):
         chunk = CPU_CHUNK if device.type == "cpu" else 1
         args = [*args, dim, chunk]
         dim = -(-dim // chunk)
-    inputs = []
     for a, (name, arg, array, dtype, ndim) in zip(args, signature):
         if isinstance(a, tensor):
             if not array or _TORCH_TO_WARP.get(a.dtype) is not dtype or a.dim() != ndim:
                 raise TypeError(
                     f"{kernel.key}: argument {name} expects {arg}, got a {a.dtype} tensor of {a.dim()} dims"
                 )
-            a = _descriptor(a)
         elif array:
             raise TypeError(f"{kernel.key}: argument {name} expects {arg}, got {type(a).__name__}")
-        elif isinstance(a, float):
-            a = arg(a)
-        inputs.append(a)
     if device.type != "cpu":
         stream = wp.stream_from_torch(device)
+        inputs = _warp_inputs(args, signature)
         wp.launch(concrete, dim=dim, inputs=inputs, device=wp.device_from_torch(device), stream=stream)
         return None
     if (dim if isinstance(dim, int) else math.prod(dim)) <= 0:
@@ -330,13 +329,122 @@ def _command(kernel, dim, args: list, device: torch.device, slot):
     key = (concrete, slot)
     command = commands.get(key)
     if command is None:
-        command = wp.launch(concrete, dim=dim, inputs=inputs, device="cpu", record_cmd=True)
+        recorded = wp.launch(
+            concrete, dim=dim, inputs=_warp_inputs(args, signature), device="cpu", record_cmd=True
+        )
+        command = _CpuLaunch.of(recorded, signature)
         commands[key] = command
+        if command is recorded:  # replayed through Warp's own Launch (see _CpuLaunch.of)
+            return command
+    if isinstance(command, _CpuLaunch):
+        command.set(dim, args)
     else:
         command.set_dim(dim)
-        for i, a in enumerate(inputs):
+        for i, a in enumerate(_warp_inputs(args, signature)):
             command.set_param_at_index_from_ctype(i, a)
     return command
+
+
+def _warp_inputs(args: list, signature: list) -> list:
+    """The arguments as ``wp.launch`` takes them: tensors as descriptors, Python floats as the kernel's
+    scalar type."""
+    inputs = []
+    for a, (_, arg, _, _, _) in zip(args, signature):
+        if isinstance(a, torch.Tensor):
+            a = _descriptor(a)
+        elif isinstance(a, float):
+            a = arg(a)
+        inputs.append(a)
+    return inputs
+
+
+_ARRAY_FORMAT = f"QQ{_MAX_DIMS}i{_MAX_DIMS}iHH"  # array_t: data, grad, shape, byte strides, ndim, flags
+_NO_DIMS = [(0,) * (_MAX_DIMS - n) for n in range(_MAX_DIMS + 1)]  # the unused shape and stride entries
+_SCALARS = {"i": "i", "I": "I", "l": "q", "L": "Q", "q": "q", "Q": "Q", "f": "f", "d": "d", "?": "?"}
+
+
+class _CpuLaunch:
+    """A concrete kernel's CPU launch on one thread, replayed by writing the new arguments straight into
+    its argument struct (one ``struct.pack_into``) and calling the kernel's native entry point.
+
+    Warp's own replay (``Launch.set_param_at_index_from_ctype`` per argument, then a new argument struct
+    per launch) took 25-80 us of Python per launch here, from a tensor descriptor each and a dozen calls
+    per argument; this takes a few. The struct is the one Warp builds for the launch (the fields of
+    ``Launch.params``, in the kernel's argument order); the call is the one Warp makes for a CPU launch
+    (``hooks.forward(bounds, args)``, which releases the GIL). A kernel with an argument of another kind
+    than an array or a plain scalar keeps Warp's replay (``of``).
+    """
+
+    def __init__(self, recorded, fields: list, packer: struct.Struct, kinds: list):
+        self._recorded = recorded  # holds the module's hooks
+        self._hook = recorded.hooks.forward
+        self._dims = recorded.kernel.adj.kernel_dim
+        self._bounds = type(recorded.bounds)((1,) * self._dims)
+        self._args = type("Args", (ctypes.Structure,), {"_fields_": fields})()
+        self._packer, self._kinds = packer, kinds
+        self._call = (ctypes.byref(self._bounds), ctypes.byref(self._args))
+
+    @classmethod
+    def of(cls, recorded, signature: list):
+        """A ``_CpuLaunch`` for Warp's recorded launch ``recorded`` of a kernel with ``signature``
+        (``_signature``), or ``recorded`` itself when its arguments are not all arrays and plain scalars
+        (or it runs in cooperative blocks)."""
+        if recorded.adjoint or getattr(recorded, "block_dim", 1) > 1 or not recorded.hooks.forward:
+            return recorded
+        fields = [(arg.label, type(p)) for arg, p in zip(recorded.kernel.adj.args, recorded.params[1:])]
+        layout = type("Args", (ctypes.Structure,), {"_fields_": fields})
+        formats, kinds, end = ["="], [], 0
+        for (name, ctype), (_, _, array, dtype, ndim) in zip(fields, signature):
+            offset = getattr(layout, name).offset
+            formats.append(f"{offset - end}x" if offset > end else "")
+            if ctype is _ARRAY_T and array:
+                code, kind = _ARRAY_FORMAT, (ndim, wp.types.type_size_in_bytes(dtype))
+            else:
+                kind = code = _SCALARS.get(getattr(ctype, "_type_", None))
+                if code is None or array or struct.calcsize("=" + code) != ctypes.sizeof(ctype):
+                    return recorded
+            formats.append(code)
+            kinds.append(kind)
+            end = offset + struct.calcsize("=" + code)
+        return cls(recorded, fields, struct.Struct("".join(formats)), kinds)
+
+    def set(self, dim, args: list) -> None:
+        """The launch's dimensions and arguments: tensors (of the kernel's dtype and dimensions, as the
+        caller checked), Python or Warp scalars."""
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        if len(dims) > self._dims:
+            key = self._recorded.kernel.key
+            raise ValueError(f"{key}: {len(dims)} launch dimensions for a kernel of {self._dims}")
+        dims += (1,) * (self._dims - len(dims))
+        threads = math.prod(dims)
+        if threads >= 2**31:
+            raise ValueError(f"{self._recorded.kernel.key}: {threads} threads, more than wp.tid() indexes")
+        for i, extent in enumerate(dims):
+            self._bounds.shape[i] = extent
+        self._bounds.size = threads
+        values = []
+        for a, kind in zip(args, self._kinds):
+            if kind.__class__ is tuple:  # an array: address, shape and byte strides, rank (1-d, 2-d first)
+                (n, size), shape, st = kind, a.shape, a.stride()
+                if n == 1:
+                    values += (a.data_ptr(), 0, shape[0], 0, 0, 0, st[0] * size, 0, 0, 0, 1, 0)
+                elif n == 2:
+                    values += (a.data_ptr(), 0, *shape, 0, 0, st[0] * size, st[1] * size, 0, 0, 2, 0)
+                elif n == 3:
+                    values += (a.data_ptr(), 0, *shape, 0, st[0] * size, st[1] * size, st[2] * size, 0, 3, 0)
+                else:
+                    strides = [size * k for k in st]
+                    values += (a.data_ptr(), 0, *shape, *_NO_DIMS[n], *strides, *_NO_DIMS[n], n, 0)
+            elif kind in "fd":
+                values.append(float(a))
+            elif kind == "?":
+                values.append(bool(a))
+            else:
+                values.append(int(a))
+        self._packer.pack_into(self._args, 0, *values)
+
+    def launch(self) -> None:
+        self._hook(*self._call)
 
 
 def run_launches(device: torch.device, module: str | Sequence[str], parts: Sequence[Sequence]) -> None:
