@@ -5,12 +5,15 @@ Renders the once-subdivided anny hand, posed and placed ~0.5 m in front of a ``-
 a fixed random upstream gradient of the image (``image.backward(weights)``, the gradient of
 ``sum(image * weights)`` without making that product) to the vertices, albedo, normal map and light.
 The Warp backend and the pure-torch twins run in the same process after ``--warmup`` runs of each;
-every torch run is bracketed by Warp runs, so that machine load hits both alike. Reported: the medians
-over ``--repeats`` Warp runs and ``--torch-repeats`` torch runs (ms per batch, forward + backward), their
-ratio ``speedup``, and ``speedup_paired``, the median over the torch runs of each one's ratio to the mean
-of the two Warp runs around it (``speedup_rounds``): the estimate that the machine's drift in speed
-between runs moves least. ``torch_before_warp_ms`` is one torch run timed before the Warp backend first
-runs in the process: torch runs after Warp runs should not be slower than it.
+every torch run is bracketed by ``--bracket`` Warp runs on each side, so that machine load hits both
+alike. Reported: the medians over the Warp runs (at least ``--repeats``) and the ``--torch-repeats`` torch
+runs (ms per batch, forward + backward), their ratio ``speedup``, and ``speedup_paired``, the median over
+the torch runs of each one's ratio to the mean of the Warp runs around it (``speedup_rounds``): the
+estimate that the machine's drift in speed between runs moves least. A torch run takes about ten Warp
+runs' time, so a round compares it with the mean of the ``2 * bracket`` Warp runs next to it (time
+summed as in the torch run), not with two single runs. ``torch_before_warp_ms`` is one torch run timed
+before the Warp backend first runs in the process: torch runs after Warp runs should not be slower than
+it.
 
     python benchmarks/render.py --size 448 --batch 8 --json
     python benchmarks/render.py --size 448 --batch 8 --profile     # where the Warp backend's time goes
@@ -193,7 +196,14 @@ def stage_times(renderer, s: dict, device: str) -> dict[str, list[float]]:
 
 
 def run(
-    size: int, batch: int, device: str, repeats: int, warmup: int, torch_repeats: int, shadows: bool
+    size: int,
+    batch: int,
+    device: str,
+    repeats: int,
+    warmup: int,
+    torch_repeats: int,
+    shadows: bool,
+    bracket: int = 3,
 ) -> dict:
     from harp_kaolin.render import Renderer
 
@@ -217,13 +227,14 @@ def run(
         timed("warp")
     # The machine's speed drifts by tens of percent within seconds, so every torch run is bracketed by
     # Warp runs: each round's ratio compares runs made within about two seconds of each other.
-    times = {"warp": [timed("warp")], "torch": []}
+    times = {"warp": [timed("warp") for _ in range(bracket)], "torch": []}
     ratios = []
     for _ in range(torch_repeats):
-        before = times["warp"][-1]
+        before = times["warp"][-bracket:]
         times["torch"].append(timed("torch"))
-        times["warp"].append(timed("warp"))
-        ratios.append(times["torch"][-1] / ((before + times["warp"][-1]) / 2))
+        times["warp"] += [timed("warp") for _ in range(bracket)]
+        around = before + times["warp"][-bracket:]
+        ratios.append(times["torch"][-1] / (sum(around) / len(around)))
     while len(times["warp"]) < repeats:
         times["warp"].append(timed("warp"))
     (img_w, grad_w), (img_t, grad_t) = (step(renderers[b], s) for b in BACKENDS)
@@ -270,9 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats",
         type=int,
         default=11,
-        help="timed Warp runs (median reported; at least --torch-repeats + 1, which bracket the torch runs)",
+        help="timed Warp runs at least (median reported; the bracketing ones count)",
     )
-    parser.add_argument("--torch-repeats", type=int, default=5, help="timed runs of the (slow) torch twins")
+    parser.add_argument("--torch-repeats", type=int, default=7, help="timed runs of the (slow) torch twins")
+    parser.add_argument(
+        "--bracket", type=int, default=3, help="Warp runs before the first torch run and after each"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (kernel loading, caches)")
     parser.add_argument("--no-shadows", action="store_true", help="V = 1 (no shadow map)")
     parser.add_argument("--profile", action="store_true", help="also time each rendering step, both backends")
@@ -280,14 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
-    if min(args.size, args.batch, args.repeats, args.torch_repeats) < 1 or args.warmup < 0:
-        parser.error("--size, --batch, --repeats and --torch-repeats must be >= 1, --warmup >= 0")
+    if min(args.size, args.batch, args.repeats, args.torch_repeats, args.bracket) < 1 or args.warmup < 0:
+        parser.error("--size, --batch, --repeats, --torch-repeats and --bracket must be >= 1, --warmup >= 0")
 
     import warp as wp
 
     wp.config.log_level = wp.LOG_WARNING  # keep stdout to the result
     shadows = not args.no_shadows
-    result = run(args.size, args.batch, args.device, args.repeats, args.warmup, args.torch_repeats, shadows)
+    result = run(
+        args.size,
+        args.batch,
+        args.device,
+        args.repeats,
+        args.warmup,
+        args.torch_repeats,
+        shadows,
+        args.bracket,
+    )
     if args.profile:
         from harp_kaolin.render import Renderer
 
