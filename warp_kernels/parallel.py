@@ -391,6 +391,8 @@ class _CpuLaunch:
         (or it runs in cooperative blocks)."""
         if recorded.adjoint or getattr(recorded, "block_dim", 1) > 1 or not recorded.hooks.forward:
             return recorded
+        if _MAX_DIMS != 4:  # ``set`` writes descriptors of 4 dimensions (Warp's ARRAY_MAX_DIMS)
+            return recorded
         fields = [(arg.label, type(p)) for arg, p in zip(recorded.kernel.adj.args, recorded.params[1:])]
         layout = type("Args", (ctypes.Structure,), {"_fields_": fields})
         formats, kinds, end = ["="], [], 0
