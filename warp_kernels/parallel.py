@@ -375,12 +375,12 @@ class _CpuLaunch:
     than an array or a plain scalar keeps Warp's replay (``of``).
     """
 
-    def __init__(self, recorded, fields: list, packer: struct.Struct, kinds: list):
+    def __init__(self, recorded, layout: type, packer: struct.Struct, kinds: list):
         self._recorded = recorded  # holds the module's hooks
         self._hook = recorded.hooks.forward
         self._dims = recorded.kernel.adj.kernel_dim
         self._bounds = type(recorded.bounds)((1,) * self._dims)
-        self._args = type("Args", (ctypes.Structure,), {"_fields_": fields})()
+        self._args = layout()
         self._packer, self._kinds = packer, kinds
         self._call = (ctypes.byref(self._bounds), ctypes.byref(self._args))
 
@@ -408,7 +408,7 @@ class _CpuLaunch:
             formats.append(code)
             kinds.append(kind)
             end = offset + struct.calcsize("=" + code)
-        return cls(recorded, fields, struct.Struct("".join(formats)), kinds)
+        return cls(recorded, layout, struct.Struct("".join(formats)), kinds)
 
     def set(self, dim, args: list) -> None:
         """The launch's dimensions and arguments: tensors (of the kernel's dtype and dimensions, as the
