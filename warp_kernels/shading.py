@@ -968,12 +968,21 @@ def _check_pixels(pixels, batch: int, faces: int, device: torch.device) -> tuple
 def _composite_background(
     mask: wp.array(dtype=Any), background: wp.array(dtype=Any), image: wp.array2d(dtype=Any), chunk: int
 ):
-    """Every pixel as if uncovered (colour 0): ``(1 - mask) * background``."""
-    q = wp.tid()
-    for p in range(q * chunk, wp.min(q * chunk + chunk, mask.shape[0])):
-        rest = type(mask[p])(1.0) - mask[p]
-        for c in range(3):
-            image[p, c] = rest * background[c]
+    """Every pixel as if uncovered (colour 0): ``(1 - mask) * background``.
+
+    A ``while`` loop: on CPU LLVM unrolls it (4 pixels per iteration), not the ``for ... in range`` form
+    Warp emits for runtime bounds: 1.2 against 1.9 ms for the 802k pixels of four 448 x 448 images."""
+    p = wp.tid() * chunk
+    end = wp.min(p + chunk, mask.shape[0])
+    b0 = background[0]
+    b1 = background[1]
+    b2 = background[2]
+    while p < end:
+        rest = type(b0)(1.0) - mask[p]
+        image[p, 0] = rest * b0
+        image[p, 1] = rest * b1
+        image[p, 2] = rest * b2
+        p = p + 1
 
 
 @wp.kernel
