@@ -235,6 +235,13 @@ def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: 
     return (b * height + i) * width + j, i, j
 
 
+@wp.func
+def _corners_xy(vim: wp.array(dtype=Any), t: int):
+    """Face t's three projected corners (ax, ay, bx, by, cx, cy) from the flat (B*F*6,) array."""
+    v = t * 6
+    return vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5]
+
+
 @parallel.chunked
 @wp.kernel
 def _hard_pass(
@@ -263,12 +270,7 @@ def _hard_pass(
     for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
         if not (nz[t] >= type(eps)(0.0)):
             continue
-        ax = vim[t * 6]
-        ay = vim[t * 6 + 1]
-        bx = vim[t * 6 + 2]
-        by = vim[t * 6 + 3]
-        cx = vim[t * 6 + 4]
-        cy = vim[t * 6 + 5]
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
         az = vz[t * 3]
         bz = vz[t * 3 + 1]
         cz = vz[t * 3 + 2]
@@ -475,12 +477,7 @@ def _grown_box(
     y_scale: Any,
 ):
     """Pixels [top, bottom) x [left, right) whose centres lie in face t's box grown by ``margin``."""
-    ax = vim[t * 6]
-    ay = vim[t * 6 + 1]
-    bx = vim[t * 6 + 2]
-    by = vim[t * 6 + 3]
-    cx = vim[t * 6 + 4]
-    cy = vim[t * 6 + 5]
+    ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
     x_inv = type(x_scale)(1.0) / x_scale
     y_inv = type(y_scale)(1.0) / y_scale
     left = _first_at_least(xs, wp.min(ax, wp.min(bx, cx)) - margin, x_inv)
@@ -725,13 +722,7 @@ def _soft_stream(
         b = t // faces
         width = xs.shape[0]
         height = ys.shape[0]
-        v = t * 6
-        ax = vim[v]
-        ay = vim[v + 1]
-        bx = vim[v + 2]
-        by = vim[v + 3]
-        cx = vim[v + 4]
-        cy = vim[v + 5]
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
         one = type(sigmainv)(1.0)
         zero = type(sigmainv)(0.0)
         scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
@@ -963,12 +954,7 @@ def _soft_stream_backward(
         width = xs.shape[0]
         base = t // faces * ys.shape[0] * width
         v = t * 6
-        ax = vim[v]
-        ay = vim[v + 1]
-        bx = vim[v + 2]
-        by = vim[v + 3]
-        cx = vim[v + 4]
-        cy = vim[v + 5]
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
         zero = type(sigmainv)(0.0)
         one = type(sigmainv)(1.0)
         two = type(sigmainv)(2.0)
