@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+import warp as wp
 
 import warp_kernels.raster as raster
 from harp_kaolin.render import RasterOutput, rasterize
 from tests.conftest import DEVICES
+from warp_kernels import parallel
 from warp_kernels.raster import dibr_rasterization as warp_dibr
 from warp_kernels.reference import dibr_rasterization as torch_dibr
 
@@ -61,6 +65,41 @@ def edge_distance_np(tri, x, y):
         t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1]) / (d @ d), 0, 1)
         best = np.minimum(best, np.hypot(x - a[0] - t * d[0], y - a[1] - t * d[1]))
     return best
+
+
+@wp.kernel
+def _first_at_least_kernel(
+    centres: wp.array(dtype=Any), values: wp.array(dtype=Any), scale: Any, out: wp.array(dtype=wp.int32)
+):
+    i = wp.tid()
+    out[i] = raster._first_at_least(centres, values[i], type(scale)(1.0) / scale)
+
+
+parallel.declare_float_overloads(globals())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [7, 448, 8192])
+def test_first_pixel_centre_at_least_a_value(dtype, size):
+    """``_first_at_least`` (the first pixel centre >= a coordinate, from an estimate that reads the
+    centres only near a centre) against torch.searchsorted on the same centres: at every centre, one
+    ulp either side, 0.005 and 0.02 of a pixel either side, past both ends, and at random."""
+    multiplier = 1000.0
+    xs = raster.pixel_centres(4, size, multiplier, dtype, "cpu")[0]
+    ulp = torch.finfo(dtype).eps * xs.abs().clamp_min(1.0)
+    pixel = 2 * multiplier / size
+    near = [xs, xs + ulp, xs - ulp, torch.nextafter(xs, xs + 1), torch.nextafter(xs, xs - 1)]
+    near += [xs + f * pixel for f in (0.005, -0.005, 0.02, -0.02, 0.5)]
+    g = torch.Generator().manual_seed(size)
+    spread = (torch.rand(4096, generator=g, dtype=torch.float64) * 2.4 - 1.2) * multiplier
+    values = torch.cat([*near, spread.to(dtype), torch.tensor([-2e3, 2e3, xs[0], xs[-1]], dtype=dtype)])
+    out = torch.empty(values.shape[0], dtype=torch.int32)
+    scale = parallel.scalar(dtype, multiplier / size)
+    parallel.launch_tensors(_first_at_least_kernel, values.shape[0], [xs, values, scale, out], values.device)
+    expected = torch.searchsorted(xs, values, side="left")
+    wrong = out.long() != expected
+    got, want = out[wrong][:5].tolist(), expected[wrong][:5].tolist()
+    assert not wrong.any(), f"values {values[wrong][:5].tolist()}: {got}, not {want}"
 
 
 def run_both(height, width, scene, **kwargs):
