@@ -22,6 +22,20 @@ from warp_kernels import parallel
 wp.set_module_options({"enable_backward": False})
 
 
+@wp.func
+def packed_pixel(
+    bary: wp.array2d(dtype=Any),
+    batch_index: wp.array(dtype=wp.int32),
+    face: wp.array(dtype=wp.int32),
+    faces: wp.array2d(dtype=wp.int32),
+    k: int,
+):
+    """Packed pixel k's batch item b, face f, the face's vertices i0 i1 i2 and its barycentrics w0 w1 w2
+    (the gather every per-pixel kernel starts with: here and in ``warp_kernels.shading``)."""
+    f = face[k]
+    return batch_index[k], f, faces[f, 0], faces[f, 1], faces[f, 2], bary[k, 0], bary[k, 1], bary[k, 2]
+
+
 @parallel.chunked
 @wp.kernel
 def _interpolate(
@@ -36,14 +50,7 @@ def _interpolate(
 ):
     thread = wp.tid()
     for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
-        b = batch_index[k]
-        f = face[k]
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        w0 = bary[k, 0]
-        w1 = bary[k, 1]
-        w2 = bary[k, 2]
+        b, _f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, k)
         for c in range(values.shape[2]):
             out[k, c] = w0 * values[b, i0, c] + w1 * values[b, i1, c] + w2 * values[b, i2, c]
 
@@ -64,14 +71,7 @@ def _interpolate_backward(
 ):
     thread = wp.tid()
     for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
-        b = batch_index[k]
-        f = face[k]
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
-        w0 = bary[k, 0]
-        w1 = bary[k, 1]
-        w2 = bary[k, 2]
+        b, _f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, k)
         g0 = type(w0)(0.0)
         g1 = type(w0)(0.0)
         g2 = type(w0)(0.0)

@@ -40,6 +40,7 @@ import warp as wp
 from torch import Tensor
 
 from warp_kernels import parallel
+from warp_kernels.interpolate import packed_pixel
 
 # Every kernel's gradient is a hand-written kernel: Warp's generated adjoints are not built.
 wp.set_module_options({"enable_backward": False})
@@ -193,16 +194,12 @@ def _shade(
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
     k_a = ambient[0] * type(ambient[0])(0.0)
     for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
-        b = batch_index[tid]
-        f = face[tid]
-        w0 = bary[tid, 0]
-        w1 = bary[tid, 1]
-        w2 = bary[tid, 2]
+        b, f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, tid)
         one = type(w0)(1.0)
         zero = type(w0)(0.0)
         eps = type(w0)(NORMALIZE_EPS)
-        n = w0 * _corner(normals, b, faces[f, 0]) + w1 * _corner(normals, b, faces[f, 1])
-        n = n + w2 * _corner(normals, b, faces[f, 2])
+        n = w0 * _corner(normals, b, i0) + w1 * _corner(normals, b, i1)
+        n = n + w2 * _corner(normals, b, i2)
         wa = face_wedges[f, 0]
         t = w0 * _corner(tangents, b, wa) + w1 * _corner(tangents, b, face_wedges[f, 1])
         t = t + w2 * _corner(tangents, b, face_wedges[f, 2])
@@ -266,18 +263,11 @@ def _shade_backward(
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
     k_a = ambient[0] * type(ambient[0])(0.0)
     for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
-        b = batch_index[tid]
-        f = face[tid]
-        w0 = bary[tid, 0]
-        w1 = bary[tid, 1]
-        w2 = bary[tid, 2]
+        b, f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, tid)
         one = type(w0)(1.0)
         zero = type(w0)(0.0)
         eps = type(w0)(NORMALIZE_EPS)
         # Forward, keeping what the adjoint needs.
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
         j0 = face_wedges[f, 0]
         j1 = face_wedges[f, 1]
         j2 = face_wedges[f, 2]
@@ -606,6 +596,15 @@ def _mark_corners(
         mark[b, faces[f, 2]] = 1
 
 
+@wp.func
+def _edges(vertices: wp.array3d(dtype=Any), b: int, i0: int, i1: int, i2: int):
+    """A face's edges e_k from corner k to k + 1 (``_face_frames`` and its adjoint)."""
+    p0 = _corner(vertices, b, i0)
+    p1 = _corner(vertices, b, i1)
+    p2 = _corner(vertices, b, i2)
+    return p1 - p0, p2 - p1, p0 - p2
+
+
 @wp.kernel
 def _face_frames(
     vertices: wp.array3d(dtype=Any),
@@ -630,13 +629,8 @@ def _face_frames(
         i2 = faces[f, 2]
         if not _touches_mark(mark, b, i0, i1, i2):
             continue
-        p0 = _corner(vertices, b, i0)
-        p1 = _corner(vertices, b, i1)
-        p2 = _corner(vertices, b, i2)
-        e0 = p1 - p0
-        e1 = p2 - p1
-        e2 = p0 - p2
-        fn = wp.cross(p1 - p0, p2 - p0)
+        e0, e1, e2 = _edges(vertices, b, i0, i1, i2)
+        fn = wp.cross(e0, -e2)  # p2 - p0 = -e2 exactly
         _add3(acc_n, b, i0, fn)
         _add3(acc_n, b, i1, fn)
         _add3(acc_n, b, i2, fn)
@@ -683,12 +677,7 @@ def _face_frames_backward(
         i2 = faces[f, 2]
         if not _touches_mark(mark, b, i0, i1, i2):
             continue
-        p0 = _corner(vertices, b, i0)
-        p1 = _corner(vertices, b, i1)
-        p2 = _corner(vertices, b, i2)
-        e0 = p1 - p0
-        e1 = p2 - p1
-        e2 = p0 - p2
+        e0, e1, e2 = _edges(vertices, b, i0, i1, i2)
         # fn = cross(e0, -e2)
         g_fn = _corner(adj_acc_n, b, i0) + _corner(adj_acc_n, b, i1) + _corner(adj_acc_n, b, i2)
         g_e0 = wp.cross(-e2, g_fn)
