@@ -105,6 +105,20 @@ def test_forward_matches_torch(device, tex_batch, shadows):
         torch.testing.assert_close(g, r, atol=FORWARD_TOL, rtol=FORWARD_TOL)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tex_batch", [1, 2])
+def test_keeping_the_texture_samples_for_the_adjoint_changes_no_output(device, tex_batch):
+    """With gradients the forward also keeps what the adjoint needs of the texture lookups
+    (``shading._keep``); colour and shading normals are bit for bit those of a forward without them."""
+    s, topo = scene(device, tex_batch=tex_batch)
+    with torch.no_grad():
+        plain = render("warp", s, topo, *leaves(s))
+    kept = render("warp", s, topo, *leaves(s))
+    assert all(k.requires_grad for k in kept)
+    for p, k in zip(plain, kept):
+        assert torch.equal(p, k.detach())
+
+
 def check_backward(s, topo, device):
     """Gradients of random weights of both outputs, Warp vs torch, relative to the largest."""
     g = torch.Generator().manual_seed(1)

@@ -79,6 +79,7 @@ class PixelPipeline(torch.autograd.Function):
         depth = bary.new_empty(n if shadows else 0)
         visibility = bary.new_empty(n if shadows else 0)
         taps = bary.new_empty(n if shadows else 0, 9)
+        saved = bary.new_empty(n if any(ctx.needs_input_grad) else 0, shading.SAVED)  # for _shade_backward
         layout = _layout(device, n, flat, mask.shape[0])
         fixed = [normals, tangents, uvs, signs, faces, face_uvs, face_wedges, albedo, normal_map, light]
         fixed.append(ambient)
@@ -95,7 +96,8 @@ class PixelPipeline(torch.autograd.Function):
                     lookup = [depth_map, coords[sl], depth[sl], batch_index[sl], sharpness, bias]
                     part.append(_launch(shadow._pcf_forward, k, [*lookup, visibility[sl], taps[sl]]))
                 vis = visibility[sl] if shadows else visibility
-                shade = [*pix, position[sl], *fixed, vis, colour[sl], normal_out[sl]]
+                kept = saved[sl] if saved.shape[0] else saved
+                shade = [*pix, position[sl], *fixed, vis, colour[sl], normal_out[sl], kept]
                 part.append(shading._step(shading._shade, k, shade))
             if im.stop > im.start:
                 args = [mask[im], background, image[im]]
@@ -105,11 +107,11 @@ class PixelPipeline(torch.autograd.Function):
                 part.append(shading._step(shading._composite_covered, k, args))
             steps.append(part)
         parallel.run_launches(device, _MODULES, steps)
-        saved = [bary, vertices, normals, tangents, albedo, normal_map, light, ambient, mask]
-        saved += [position, colour, visibility, coords, depth, taps]
+        keep = [bary, vertices, normals, tangents, albedo, normal_map, light, ambient, mask]
+        keep += [position, colour, visibility, coords, depth, taps, saved]
         if shadows:
-            saved += [depth_map, rotation, eye]
-        ctx.save_for_backward(*saved)
+            keep += [depth_map, rotation, eye]
+        ctx.save_for_backward(*keep)
         ctx.topo, ctx.options, ctx.layout, ctx.shadows = topo, options, layout, shadows
         ctx.set_materialize_grads(False)  # gradients of unused outputs come as None: no zeros made
         return image, normal_out, position, visibility if shadows else None
@@ -119,11 +121,12 @@ class PixelPipeline(torch.autograd.Function):
     def backward(ctx, adj_image, adj_normal_out, adj_position_out, adj_visibility_out):
         saved = ctx.saved_tensors
         bary, vertices, normals, tangents, albedo, normal_map, light, ambient, mask = saved[:9]
-        position, colour, visibility, coords, depth, taps = saved[9:15]
-        depth_map, rotation, eye = saved[15:] if ctx.shadows else (None, None, None)
+        position, colour, visibility, coords, depth, taps, kept = saved[9:16]
+        depth_map, rotation, eye = saved[16:] if ctx.shadows else (None, None, None)
         batch_index, face, flat, faces, uvs, signs, face_uvs, face_wedges, focal, background = ctx.topo
         _, sharpness, bias, _ = ctx.options
         device, shadows = bary.device, ctx.shadows
+        shading._check_kept(kept, bary.shape[0])
         adj_image = mask.new_zeros(mask.shape[0], 3) if adj_image is None else adj_image.contiguous()
         adj_normal_out = torch.zeros_like(position) if adj_normal_out is None else adj_normal_out.contiguous()
         extra_position = None if adj_position_out is None else adj_position_out.contiguous()
@@ -159,7 +162,8 @@ class PixelPipeline(torch.autograd.Function):
                 pix = [bary[sl], batch_index[sl], face[sl]]
                 vis = visibility[sl] if shadows else visibility
                 adj_vis = adj_visibility[sl] if shadows else adj_visibility
-                shade = [*pix, position[sl], *fixed, vis, adj_colour[sl], adj_normal_out[sl], adj_bary[sl]]
+                shade = [*pix, position[sl], *fixed, vis, kept[sl], adj_colour[sl], adj_normal_out[sl]]
+                shade.append(adj_bary[sl])
                 shade += [adj_position[sl], adj_vis, *shade_acc]
                 part.append(shading._step(shading._shade_backward, k, shade))
                 if shadows:

@@ -122,12 +122,19 @@ def _lerp2(t00: Any, t01: Any, t10: Any, t11: Any, wx: Any, wy: Any):
 
 
 @wp.func
-def _bilinear(tex: wp.array4d(dtype=Any), b: int, u: Any, v: Any):
-    """RGB of texture item b at (u, v), as grid_sample(bilinear, border, align_corners=False)."""
+def _sample(tex: wp.array4d(dtype=Any), b: int, u: Any, v: Any):
+    """RGB of texture item b at (u, v), as grid_sample(bilinear, border, align_corners=False), and its
+    differences along the texel columns and rows, ``(1 - wy)(t01 - t00) + wy (t11 - t10)`` and
+    ``(1 - wx)(t10 - t00) + wx (t11 - t01)`` (d/dx and d/dy of the value, which the uv gradient needs)."""
     xa, xb, ya, yb, wx, wy = _taps(tex.shape[2], tex.shape[3], u, v)
-    return _lerp2(
-        _rgb(tex, b, xa, ya), _rgb(tex, b, xb, ya), _rgb(tex, b, xa, yb), _rgb(tex, b, xb, yb), wx, wy
-    )
+    t00 = _rgb(tex, b, xa, ya)
+    t01 = _rgb(tex, b, xb, ya)
+    t10 = _rgb(tex, b, xa, yb)
+    t11 = _rgb(tex, b, xb, yb)
+    one = type(wx)(1.0)
+    dx = (one - wy) * (t01 - t00) + wy * (t11 - t10)
+    dy = (one - wx) * (t10 - t00) + wx * (t11 - t01)
+    return _lerp2(t00, t01, t10, t11, wx, wy), dx, dy
 
 
 @wp.func
@@ -140,17 +147,16 @@ def _bilinear_grad(
     yb: int,
     wx: Any,
     wy: Any,
-    t00: Any,
-    t01: Any,
-    t10: Any,
-    t11: Any,
+    dx: Any,
+    dy: Any,
     g: Any,
 ):
-    """Adjoint of a bilinear lookup (taps and texels as ``_taps``, ``_rgb``) for the gradient g (RGB) of its
-    value: adds g's share to the four texels of ``adj_tex``; returns the gradient w.r.t. u and v."""
+    """Adjoint of a bilinear lookup (taps as ``_taps``, texel-axis differences dx, dy as ``_sample``) for the
+    gradient g (RGB) of its value: adds g's share to the four texels of ``adj_tex``; returns the gradient
+    w.r.t. u and v."""
     one = type(wx)(1.0)
-    gx = wp.dot(g, (one - wy) * (t01 - t00) + wy * (t11 - t10))
-    gy = wp.dot(g, (one - wx) * (t10 - t00) + wx * (t11 - t01))
+    gx = wp.dot(g, dx)
+    gy = wp.dot(g, dy)
     for c in range(3):
         wp.atomic_add(adj_tex, b, c, ya, xa, g[c] * (one - wx) * (one - wy))
         wp.atomic_add(adj_tex, b, c, ya, xb, g[c] * wx * (one - wy))
@@ -165,6 +171,41 @@ def _texture_item(tex: wp.array4d(dtype=Any), b: int):
     if tex.shape[0] == 1:
         return 0
     return b
+
+
+SAVED = 20  # values per pixel that ``_shade`` keeps for ``_shade_backward`` (``_keep``)
+
+
+@wp.func
+def _keep(
+    saved: wp.array2d(dtype=Any),
+    k: int,
+    u: Any,
+    v: Any,
+    rgb: Any,
+    adx: Any,
+    ady: Any,
+    tn: Any,
+    ndx: Any,
+    ndy: Any,
+):
+    """Row k of ``saved``: u, v, then the albedo sample and its texel-axis differences, the normal-map sample
+    and its differences (``_sample``), three values each."""
+    saved[k, 0] = u
+    saved[k, 1] = v
+    for c in range(3):
+        saved[k, 2 + c] = rgb[c]
+        saved[k, 5 + c] = adx[c]
+        saved[k, 8 + c] = ady[c]
+        saved[k, 11 + c] = tn[c]
+        saved[k, 14 + c] = ndx[c]
+        saved[k, 17 + c] = ndy[c]
+
+
+@wp.func
+def _kept(saved: wp.array2d(dtype=Any), k: int, at: int):
+    """The three values of row k of ``saved`` from column ``at`` (``_keep``)."""
+    return wp.vector(saved[k, at], saved[k, at + 1], saved[k, at + 2])
 
 
 @wp.kernel
@@ -187,9 +228,13 @@ def _shade(
     visibility: wp.array(dtype=Any),
     colour: wp.array2d(dtype=Any),
     shading_normal: wp.array2d(dtype=Any),
+    saved: wp.array2d(dtype=Any),
     chunk: int,
 ):
+    """Colour and shading normal of each packed pixel; with a non-empty ``saved`` (N, SAVED) also what the
+    adjoint needs of the texture lookups (``_keep``), so that it reads no texel."""
     q = wp.tid()
+    keep = saved.shape[0] > 0
     # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
     k_a = ambient[0] * type(ambient[0])(0.0)
@@ -209,8 +254,10 @@ def _shade(
         u = w0 * uvs[ua, 0] + w1 * uvs[ub, 0] + w2 * uvs[uc, 0]
         v = w0 * uvs[ua, 1] + w1 * uvs[ub, 1] + w2 * uvs[uc, 1]
         bt = signs[wa] * wp.cross(n, t)
-        rgb = _bilinear(albedo, _texture_item(albedo, b), u, v)
-        tn = _bilinear(normal_map, _texture_item(normal_map, b), u, v)
+        rgb, adx, ady = _sample(albedo, _texture_item(albedo, b), u, v)
+        tn, ndx, ndy = _sample(normal_map, _texture_item(normal_map, b), u, v)
+        if keep:
+            _keep(saved, tid, u, v, rgb, adx, ady, tn, ndx, ndy)
         ns = _unit(tn[0] * t + tn[1] * bt + tn[2] * n, eps)
         lp = wp.vector(light[b, 0], light[b, 1], light[b, 2])
         cos = wp.max(wp.dot(_unit(lp - _row(position, tid), eps), ns), zero)
@@ -243,6 +290,7 @@ def _shade_backward(
     light: wp.array2d(dtype=Any),
     ambient: wp.array(dtype=Any),
     visibility: wp.array(dtype=Any),
+    saved: wp.array2d(dtype=Any),
     adj_colour: wp.array2d(dtype=Any),
     adj_shading_normal: wp.array2d(dtype=Any),
     adj_bary: wp.array2d(dtype=Any),
@@ -257,7 +305,7 @@ def _shade_backward(
     chunk: int,
 ):
     """Adjoint of ``_shade``: per-pixel gradients are written, the shared ones (frames, textures, light,
-    ambient) accumulated."""
+    ambient) accumulated. The texture samples and their differences come from the forward's ``saved``."""
     q = wp.tid()
     # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
@@ -274,6 +322,8 @@ def _shade_backward(
         ua = face_uvs[f, 0]
         ub = face_uvs[f, 1]
         uc = face_uvs[f, 2]
+        u = saved[tid, 0]
+        v = saved[tid, 1]
         n0 = _corner(normals, b, i0)
         n1 = _corner(normals, b, i1)
         n2 = _corner(normals, b, i2)
@@ -282,23 +332,13 @@ def _shade_backward(
         t2 = _corner(tangents, b, j2)
         n = w0 * n0 + w1 * n1 + w2 * n2
         t = w0 * t0 + w1 * t1 + w2 * t2
-        u = w0 * uvs[ua, 0] + w1 * uvs[ub, 0] + w2 * uvs[uc, 0]
-        v = w0 * uvs[ua, 1] + w1 * uvs[ub, 1] + w2 * uvs[uc, 1]
         sign = signs[j0]
         bt = sign * wp.cross(n, t)
         tb = _texture_item(albedo, b)
         axa, axb, aya, ayb, awx, awy = _taps(albedo.shape[2], albedo.shape[3], u, v)
-        a00 = _rgb(albedo, tb, axa, aya)
-        a01 = _rgb(albedo, tb, axb, aya)
-        a10 = _rgb(albedo, tb, axa, ayb)
-        a11 = _rgb(albedo, tb, axb, ayb)
         nb = _texture_item(normal_map, b)
         nxa, nxb, nya, nyb, nwx, nwy = _taps(normal_map.shape[2], normal_map.shape[3], u, v)
-        n00 = _rgb(normal_map, nb, nxa, nya)
-        n01 = _rgb(normal_map, nb, nxb, nya)
-        n10 = _rgb(normal_map, nb, nxa, nyb)
-        n11 = _rgb(normal_map, nb, nxb, nyb)
-        tn = _lerp2(n00, n01, n10, n11, nwx, nwy)
+        tn = _kept(saved, tid, 11)
         m = tn[0] * t + tn[1] * bt + tn[2] * n
         ns = _unit(m, eps)
         d = wp.vector(light[b, 0], light[b, 1], light[b, 2]) - _row(position, tid)
@@ -314,9 +354,10 @@ def _shade_backward(
         k = k_a + (one - k_a) * cos * vis
         # colour = rgb * k
         g_colour = _row(adj_colour, tid)
-        g_k = wp.dot(g_colour, _lerp2(a00, a01, a10, a11, awx, awy))
+        g_k = wp.dot(g_colour, _kept(saved, tid, 2))
         g_rgb = g_colour * k
-        g_u, g_v = _bilinear_grad(adj_albedo, tb, axa, axb, aya, ayb, awx, awy, a00, a01, a10, a11, g_rgb)
+        adx, ady = _kept(saved, tid, 5), _kept(saved, tid, 8)
+        g_u, g_v = _bilinear_grad(adj_albedo, tb, axa, axb, aya, ayb, awx, awy, adx, ady, g_rgb)
         # k = k_a + (1 - k_a) cos V,  k_a = sigmoid(a)
         wp.atomic_add(adj_ambient, b, g_k * (one - cos * vis) * k_a * (one - k_a))
         g_cos_vis = g_k * (one - k_a)
@@ -333,9 +374,8 @@ def _shade_backward(
         # ns = unit(m),  m = tn_0 t + tn_1 bt + tn_2 n,  bt = sign cross(n, t)
         g_m = _unit_grad(m, ns, _row(adj_shading_normal, tid) + g_cos_raw * to_light, eps)
         g_tn = wp.vector(wp.dot(g_m, t), wp.dot(g_m, bt), wp.dot(g_m, n))
-        g_un, g_vn = _bilinear_grad(
-            adj_normal_map, nb, nxa, nxb, nya, nyb, nwx, nwy, n00, n01, n10, n11, g_tn
-        )
+        ndx, ndy = _kept(saved, tid, 14), _kept(saved, tid, 17)
+        g_un, g_vn = _bilinear_grad(adj_normal_map, nb, nxa, nxb, nya, nyb, nwx, nwy, ndx, ndy, g_tn)
         g_bt = sign * tn[1] * g_m
         g_n = tn[2] * g_m + wp.cross(t, g_bt)
         g_t = tn[0] * g_m + wp.cross(g_bt, n)
@@ -368,19 +408,22 @@ class FusedShade(torch.autograd.Function):
         n = position.shape[0]
         colour = position.new_empty(n, 3)
         shading_normal = position.new_empty(n, 3)
-        ctx.save_for_backward(*floats)
+        # what the adjoint needs of the texture lookups, kept only when there will be one
+        saved = position.new_empty(n if any(ctx.needs_input_grad) else 0, SAVED)
+        ctx.save_for_backward(*floats, saved)
         ctx.topo = topo
         ctx.set_materialize_grads(False)  # zeros for an unused output are made here, on one thread
         if n:
-            _shade_parts(_shade, floats, topo, [colour, shading_normal])
+            _shade_parts(_shade, floats, topo, [colour, shading_normal, saved])
         return colour, shading_normal
 
     @staticmethod
     @parallel.serial
     def backward(ctx, adj_colour, adj_shading_normal):
-        floats = ctx.saved_tensors
+        *floats, saved = ctx.saved_tensors
         if adj_colour is None and adj_shading_normal is None:
             return (None,) * 10
+        _check_kept(saved, floats[1].shape[0])
         adj_colour = torch.zeros_like(floats[1]) if adj_colour is None else adj_colour
         adj_shading_normal = torch.zeros_like(floats[1]) if adj_shading_normal is None else adj_shading_normal
         g_bary, g_position = torch.empty_like(floats[0]), torch.empty_like(floats[1])  # written per pixel
@@ -389,9 +432,19 @@ class FusedShade(torch.autograd.Function):
         shared = [parallel.Accumulator(t, len(parts)) for t in floats[2:8]]  # normals ... ambient
         if g_position.shape[0]:
             per_pixel = [adj_colour.contiguous(), adj_shading_normal.contiguous(), g_bary, g_position]
-            _shade_parts(_shade_backward, floats, ctx.topo, [*per_pixel, g_visibility], shared, parts)
+            per_pixel = [saved, *per_pixel, g_visibility]
+            _shade_parts(_shade_backward, floats, ctx.topo, per_pixel, shared, parts)
         grads = [g_bary, g_position, *parallel.totals(shared), g_visibility]
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
+
+
+def _check_kept(saved: Tensor, n: int) -> None:
+    """The adjoint reads row k of ``saved`` for pixel k: the forward must have kept them all."""
+    if saved.shape != (n, SAVED):
+        raise RuntimeError(
+            f"the shading forward kept {tuple(saved.shape)} texture values for {n} pixels; its adjoint "
+            f"needs ({n}, {SAVED}) (was the forward run without gradients?)"
+        )
 
 
 def _shade_parts(kernel, floats, topo, per_pixel, shared=(), parts=None) -> None:
@@ -408,7 +461,7 @@ def _shade_parts(kernel, floats, topo, per_pixel, shared=(), parts=None) -> None
     steps = []
     for k, sl in enumerate(parts):
         pixels = [t[sl] for t in (bary, batch_index, face, position)]
-        outputs = [t[sl] if t.shape[0] else t for t in (visibility, *per_pixel)]  # visibility may be empty
+        outputs = [t[sl] if t.shape[0] else t for t in (visibility, *per_pixel)]  # some may be empty
         accumulators = [acc.part(k, zero=False) for acc in shared]
         launch = _step(kernel, sl.stop - sl.start, [*pixels, *fixed, *outputs, *accumulators])
         steps.append([*(a.zero_ for a in accumulators), launch])  # zeroed by the part itself
@@ -1150,8 +1203,8 @@ def _overload_all() -> None:
         f1, f2, f3, f4 = (wp.array(dtype=t), wp.array2d(dtype=t), wp.array3d(dtype=t), wp.array4d(dtype=t))
         i1, i2 = wp.array(dtype=wp.int32), wp.array2d(dtype=wp.int32)
         shade = [f2, i1, i1, f2, f3, f3, f2, f1, i2, i2, i2, f4, f4, f2, f1, f1]
-        wp.overload(_shade, [*shade, f2, f2, int])
-        wp.overload(_shade_backward, [*shade, f2, f2, f2, f2, f1, f3, f3, f4, f4, f2, f1, int])
+        wp.overload(_shade, [*shade, f2, f2, f2, int])
+        wp.overload(_shade_backward, [*shade, f2, f2, f2, f2, f2, f1, f3, f3, f4, f4, f2, f1, int])
         wp.overload(_face_frames, [f3, f2, i2, i2, i2, f3, f3, f3, i2, int])
         wp.overload(_face_frames_backward, [f3, f2, i2, i2, i2, f3, f3, f3, f3, i2, int])
         wp.overload(_vertex_normals, [f3, i2, f3, int])
