@@ -10,10 +10,12 @@ For each covered pixel (face f, barycentrics w from the rasterizer, batch item b
 
 exactly as ``renderer.interpolate_pixels`` + ``renderer.shade_pixels`` (the pure-torch twin), in one
 pass without (N, 3) intermediates. Gradients come from a hand-written adjoint kernel (the chain rule of
-the lines above, recomputing the forward per pixel; about 2x faster than Warp's generated adjoint) and
-reach the barycentrics, the pixel positions, the vertex normals, the wedge tangents, both texture maps,
-the light, the ambient logit and the visibility. The surface frames and the composite below have
-hand-written adjoints too, so Warp builds no adjoints for this module.
+the lines above, recomputing the forward per pixel except the texture lookups: when a gradient will be
+wanted the forward keeps uv, both samples and their texel-axis differences per pixel, ``SAVED`` values,
+so the adjoint reads no texel; about 2x faster than Warp's generated adjoint) and reach the
+barycentrics, the pixel positions, the vertex normals, the wedge tangents, both texture maps, the light,
+the ambient logit and the visibility. The surface frames and the composite below have hand-written
+adjoints too, so Warp builds no adjoints for this module.
 
 Texture lookups follow ``texture.sample_texture``: texel (i, j) has its centre at
 ``u = (j + 0.5) / Wt``, ``v = 1 - (i + 0.5) / Ht``; bilinear between centres, border texels outside.
