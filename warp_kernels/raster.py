@@ -235,6 +235,17 @@ def _pixel(p: int, height: int, width: int):
 
 
 @wp.func
+def _carried_pixel(p: int, b: int, i: int, row_start: int, height: int, width: int):
+    """(b, i, j, row_start) of flat pixel p given those of an earlier pixel (row_start: the flat index of
+    its row's first pixel): no integer division while p stays in that image row, ``_pixel`` otherwise.
+    A kernel thread carries them over its run of pixels (start with row_start = -width)."""
+    if p >= row_start and p < row_start + width:
+        return b, i, p - row_start, row_start
+    nb, ni, nj = _pixel(p, height, width)
+    return nb, ni, nj, p - nj
+
+
+@wp.func
 def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: int):
     """Flat pixel index of thread t over (image, window row, window column), its row and its column."""
     rows = window[1] - window[0]
@@ -352,17 +363,18 @@ def _write_features(
     dims: int,
     fstride: int,
     f: int,
-    p: int,
+    b: int,
+    i: int,
+    j: int,
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
     eps: Any,
     out: wp.array(dtype=Any),
     row: int,
 ):
-    """Row ``row`` of ``out``: face f's features interpolated at pixel p with Kaolin's barycentrics
+    """Row ``row`` of ``out``: face f's features interpolated at pixel (b, i, j) with Kaolin's barycentrics
     (``fstride`` = 3 * dims, 0 for corner features shared by every face and item, ``_BARYCENTRIC`` for
     the identity: the barycentrics themselves, without reading the features)."""
-    b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
     v = (b * faces + f) * 6
     w0, w1, w2, norm = _crosses(
         vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
@@ -406,8 +418,22 @@ def _interpolate(
     (``out`` comes zeroed). With ``covered`` not empty (sequential CPU launches only) the covered pixels
     are also listed there, in increasing order, ``count[0]`` of them."""
     thread = wp.tid()
-    for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
-        p, _i, _j = _window_pixel(t, window, ys.shape[0], xs.shape[0])
+    start = thread * chunk
+    # the pixel, its column and the window's right edge, carried from pixel to pixel: an integer division
+    # per window row instead of two per pixel
+    first, _i, first_j = _window_pixel(start, window, ys.shape[0], xs.shape[0])
+    nxt = wp.int32(first)
+    j = wp.int32(first_j)
+    right = window[3]
+    b = wp.int32(0)
+    i = wp.int32(0)
+    row_start = wp.int32(-xs.shape[0])
+    for t in range(start, wp.min(start + chunk, items)):
+        if j == right:  # past the row's last window pixel: the next row's (or image's) first
+            nxt, _i, j = _window_pixel(t, window, ys.shape[0], xs.shape[0])
+        p = nxt
+        nxt = nxt + 1
+        j = j + 1
         f = fidx[p]
         if _is_background(fidx, p, f):
             face_idx[p] = wp.int64(-1)
@@ -418,7 +444,8 @@ def _interpolate(
         if covered.shape[0] > 0:
             covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
         if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
-            _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, p)
+            b, i, j0, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
+            _write_features(vim, feats, faces, dims, fstride, f, b, i, j0, xs, ys, eps, out, p)
 
 
 @parallel.chunked
@@ -450,7 +477,8 @@ def _depth_fill(
         if zscale != type(eps)(0.0):  # the values are the z of the depth test: the winner's z, scaled
             out[p] = zscale * zbuf[p]
             continue
-        _write_features(vim, values, faces, 1, 3, f, p, xs, ys, eps, out, p)
+        b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+        _write_features(vim, values, faces, 1, 3, f, b, i, j, xs, ys, eps, out, p)
 
 
 @parallel.chunked
@@ -472,10 +500,14 @@ def _interpolate_packed(
 ):
     """Per covered pixel ``flat[k]``: the features of its face, in row k of ``out``."""
     thread = wp.tid()
+    b = wp.int32(0)
+    i = wp.int32(0)
+    row_start = wp.int32(-xs.shape[0])
     for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
         p = int(flat[k])
         f = fidx[p]
-        _write_features(vim, feats, faces, dims, fstride, f, p, xs, ys, eps, out, k)
+        b, i, j, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
+        _write_features(vim, feats, faces, dims, fstride, f, b, i, j, xs, ys, eps, out, k)
 
 
 @wp.func
@@ -1057,6 +1089,9 @@ def _hard_backward(
     pixel ``flat[k]`` and reads row k.
     """
     thread = wp.tid()
+    b = wp.int32(0)
+    i = wp.int32(0)
+    row_start = wp.int32(-xs.shape[0])
     for k in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
         p = k
         if flat.shape[0] > 0:
@@ -1071,7 +1106,7 @@ def _hard_backward(
                 nonzero = 1
         if nonzero == 0:  # e.g. shadow-map texels that no lookup reads
             continue
-        b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
+        b, i, j, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
         v = (b * faces + f) * 6
         g1 = zero
         g2 = zero
