@@ -247,7 +247,7 @@ def _carried_pixel(p: int, b: int, i: int, row_start: int, height: int, width: i
 
 @wp.func
 def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: int):
-    """Flat pixel index of thread t over (image, window row, window column), its row and its column."""
+    """Flat pixel index of thread t over (image, window row, window column), its image, row and column."""
     rows = window[1] - window[0]
     columns = window[3] - window[2]
     b = t // (rows * columns)
@@ -255,7 +255,7 @@ def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: 
     i = r // columns
     j = r - i * columns + window[2]
     i = i + window[0]
-    return (b * height + i) * width + j, i, j
+    return (b * height + i) * width + j, b, i, j
 
 
 @wp.func
@@ -419,19 +419,19 @@ def _interpolate(
     are also listed there, in increasing order, ``count[0]`` of them."""
     thread = wp.tid()
     start = thread * chunk
-    # the pixel, its column and the window's right edge, carried from pixel to pixel: an integer division
-    # per window row instead of two per pixel
-    first, _i, first_j = _window_pixel(start, window, ys.shape[0], xs.shape[0])
-    nxt = wp.int32(first)
-    j = wp.int32(first_j)
+    # the next pixel (flat index, image, row, column), carried from pixel to pixel: integer divisions once
+    # per window row instead of for every pixel
+    p0, b0, i0, j0 = _window_pixel(start, window, ys.shape[0], xs.shape[0])
+    nxt = wp.int32(p0)
+    b = wp.int32(b0)
+    i = wp.int32(i0)
+    j = wp.int32(j0)
     right = window[3]
-    b = wp.int32(0)
-    i = wp.int32(0)
-    row_start = wp.int32(-xs.shape[0])
     for t in range(start, wp.min(start + chunk, items)):
         if j == right:  # past the row's last window pixel: the next row's (or image's) first
-            nxt, _i, j = _window_pixel(t, window, ys.shape[0], xs.shape[0])
+            nxt, b, i, j = _window_pixel(t, window, ys.shape[0], xs.shape[0])
         p = nxt
+        column = j
         nxt = nxt + 1
         j = j + 1
         f = fidx[p]
@@ -444,8 +444,7 @@ def _interpolate(
         if covered.shape[0] > 0:
             covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
         if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
-            b, i, j0, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
-            _write_features(vim, feats, faces, dims, fstride, f, b, i, j0, xs, ys, eps, out, p)
+            _write_features(vim, feats, faces, dims, fstride, f, b, i, column, xs, ys, eps, out, p)
 
 
 @parallel.chunked
@@ -850,7 +849,7 @@ def _soft_forward(
 ):
     """Per window pixel with candidates: sort them by face index, keep ``knum``, soft mask and per-face
     probabilities; the kept faces become ``_entry(face, kind)``."""
-    p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
+    p, b, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
     n = wp.min(count[p], cap)
     if n <= 0:
         return
@@ -866,7 +865,6 @@ def _soft_forward(
             lists[c + 1] = lists[c]
             c = c - 1
         lists[c + 1] = key
-    b = p // (ys.shape[0] * xs.shape[0])
     x0 = xs[j]
     y0 = ys[i]
     one = type(sigmainv)(1.0)
@@ -902,7 +900,7 @@ def _soft_backward(
 ):
     """Per window pixel with candidates: d soft / d face_vertices_image through each kept candidate's
     distance (the lists of ``_soft_forward``)."""
-    p, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
+    p, b, i, j = _window_pixel(wp.tid(), window, ys.shape[0], xs.shape[0])
     first = start[p]
     keep = wp.min(wp.min(count[p], cap), knum)
     if keep <= 0:
@@ -924,7 +922,6 @@ def _soft_backward(
             nonzero_prod = nonzero_prod * q
     if zeros > 1:
         return
-    b = p // (ys.shape[0] * xs.shape[0])
     x0 = xs[j]
     y0 = ys[i]
     scale = -g_out * sigmainv / multiplier  # NDC gradient = multiplier * gradient in multiplied units
