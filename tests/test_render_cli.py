@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +174,36 @@ def test_render_benchmark_profile_json(capsys, monkeypatch):
         "rasterize", "surface_frames", "interpolate", "shadow_map", "shadow_lookup", "shade", "composite",
     ]  # fmt: skip
     assert all(len(ms) == 2 and min(ms) >= 0 for times in stages.values() for ms in times.values())
+
+
+def test_paired_benchmark_runs_each_side_from_its_own_checkout(tmp_path):
+    """benchmarks/paired.py: side B imports the packages of the checkout it is given (here a copy made of
+    links, while the installed package points at this one), the pairs alternate, and the reported ratio is
+    the median of the per-pair ratios of the reported runs."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("harp_kaolin", "warp_kernels", "benchmarks"):
+        (other / name).symlink_to(ROOT / name, target_is_directory=True)
+    argv = [sys.executable, str(ROOT / "benchmarks" / "paired.py"), "--b", str(other), "--json"]
+    argv += ["--size", "32", "--batch", "1", "--steps", "4", "--warmup", "0", "--env-b", "HARP_PAIRED=1"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["a_code"] == [str(ROOT / "harp_kaolin"), str(ROOT / "warp_kernels")]
+    assert result["b_code"] == [str(other / "harp_kaolin"), str(other / "warp_kernels")]
+    assert result["env_b"] == ["HARP_PAIRED=1"] and result["steps"] == 4
+    a, b = result["a_runs_ms"], result["b_runs_ms"]
+    assert len(a) == len(b) == 4 and min(a + b) > 0
+    assert result["ratio"] == pytest.approx(statistics.median(y / x for x, y in zip(a, b)), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--b", "/"], "not a harp-kaolin checkout"), (["--env-b", "NOVALUE"], "expected NAME=VALUE")],
+)
+def test_paired_benchmark_rejects_bad_sides(args, message):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paired.py"), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr
