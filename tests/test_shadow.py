@@ -76,6 +76,45 @@ def test_pcf_split_over_threads_matches_twin(monkeypatch):
         torch.testing.assert_close(got / scale, expected / scale, atol=BACKWARD_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 300])
+@pytest.mark.parametrize("chunk", [256, 16])
+def test_pcf_simd_lanes_match_the_generic_kernel(monkeypatch, n, chunk):
+    """The float32 CPU forward in SIMD lanes (runs of 8 points, the rest one by one, inside chunks of
+    ``chunk``) against the generic Warp kernel: visibility and, through the 9 kept taps, the gradients;
+    points far outside the map (border texels), on texel centres (zero bilinear weights) and deep in
+    shadow (saturated sigmoids) included."""
+    from warp_kernels import shadow
+
+    monkeypatch.setattr(parallel, "CPU_CHUNK", chunk)
+    depth_map, coords, depth, batch_index = random_case("cpu", n=n, seed=7, spread=0.05)
+    coords[::3] = torch.floor(coords[::3]) + 0.5  # texel centres
+    coords[1::5] *= 40.0  # far outside the map
+    depth[2::4] += 0.2  # 0.2 m behind the map: sigmoid arguments near -200
+    upstream = torch.randn(depth.shape, generator=torch.Generator().manual_seed(8))
+    results = []
+    for simd in (True, False):
+        monkeypatch.setattr(shadow, "SIMD_CPU", simd)
+        assert (shadow.pcf_forward_kernel(torch.float32, "cpu") is shadow._pcf_forward_simd) == simd
+        inputs = [t.clone().requires_grad_() for t in (depth_map, coords, depth)]
+        out = pcf_visibility(*inputs, batch_index, 1000.0, 0.005)
+        (out * upstream).sum().backward()
+        results.append([out, *(t.grad for t in inputs)])
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=0)
+    for got, expected in zip(results[0][1:], results[1][1:]):
+        scale = expected.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(got / scale, expected / scale, atol=1e-5, rtol=0)
+    if n >= 8:  # the case mixes lit and shadowed points
+        assert results[1][0].min() < 0.1 and results[1][0].max() > 0.9
+
+
+def test_pcf_forward_kernel_choice():
+    from warp_kernels import shadow
+
+    assert shadow.pcf_forward_kernel(torch.float32, torch.device("cpu")) is shadow._pcf_forward_simd
+    assert shadow.pcf_forward_kernel(torch.float64, torch.device("cpu")) is shadow._pcf_forward
+    assert shadow.pcf_forward_kernel(torch.float32, torch.device("cuda")) is shadow._pcf_forward
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_pcf_gradcheck(device):
     depth_map, coords, depth, batch_index = random_case(device, torch.float64, b=2, size=4, n=6, seed=3)

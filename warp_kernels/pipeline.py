@@ -73,6 +73,7 @@ class PixelPipeline(torch.autograd.Function):
         if shadows:
             depth_map, rotation, eye = (t.detach().contiguous() for t in (depth_map, rotation, eye))
         n, device = bary.shape[0], bary.device
+        pcf_forward = shadow.pcf_forward_kernel(bary.dtype, device)
         position, colour, normal_out = (bary.new_empty(n, 3) for _ in range(3))
         image = mask.new_empty(mask.shape[0], 3) if image_out is None else image_out.view(-1, 3)
         coords = bary.new_empty(n if shadows else 0, 2)
@@ -94,7 +95,7 @@ class PixelPipeline(torch.autograd.Function):
                     view = [position[sl], batch_index[sl], rotation, eye, focal, size / 2]
                     part.append(_launch(shadow._project_forward, k, [*view, coords[sl], depth[sl]]))
                     lookup = [depth_map, coords[sl], depth[sl], batch_index[sl], sharpness, bias]
-                    part.append(_launch(shadow._pcf_forward, k, [*lookup, visibility[sl], taps[sl]]))
+                    part.append(_launch(pcf_forward, k, [*lookup, visibility[sl], taps[sl]]))
                 vis = visibility[sl] if shadows else visibility
                 kept = saved[sl] if saved.shape[0] else saved
                 shade = [*pix, position[sl], *fixed, vis, colour[sl], normal_out[sl], kept]
