@@ -89,6 +89,7 @@ def test_pcf_simd_lanes_match_the_generic_kernel(monkeypatch, n, chunk):
     depth_map, coords, depth, batch_index = random_case("cpu", n=n, seed=7, spread=0.05)
     coords[::3] = torch.floor(coords[::3]) + 0.5  # texel centres
     coords[1::5] *= 40.0  # far outside the map
+    coords[4::7] = 3e9  # beyond 2**31 texels (a point in the light's plane): no integer column
     depth[2::4] += 0.2  # 0.2 m behind the map: sigmoid arguments near -200
     upstream = torch.randn(depth.shape, generator=torch.Generator().manual_seed(8))
     results = []

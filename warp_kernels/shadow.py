@@ -225,9 +225,10 @@ typedef int v8i __attribute__((ext_vector_type(8)));
 auto pick = [](v8i m, v8f a, v8f b) -> v8f {  // a where m (all bits set), else b
     return __builtin_bit_cast(v8f, (m & __builtin_bit_cast(v8i, a)) | (~m & __builtin_bit_cast(v8i, b)));
 };
-auto vfloor = [](v8f x) -> v8f {
-    const v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
-    return t + __builtin_convertvector(t > x, v8f);  // true is -1
+auto vfloor = [&](v8f x) -> v8f {  // floorf in 8 lanes (beyond 2^23 every float is an integer)
+    v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
+    t = t + __builtin_convertvector(t > x, v8f);  // true is -1
+    return pick(__builtin_bit_cast(v8f, __builtin_bit_cast(v8i, x) & 0x7fffffff) < 8388608.0f, t, x);
 };
 auto vexp = [&](v8f a) -> v8f {  // pcf_exp in 8 lanes
     a = pick(a < -87.33654f, (v8f)(-87.33654f), a);
