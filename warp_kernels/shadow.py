@@ -199,19 +199,21 @@ _PCF_SIMD = r"""
 #if defined(__CUDA_ARCH__)
 auto pcf_exp = [](float a) -> float { return expf(a); };
 #else
-auto pcf_exp = [](float a) -> float {  // a <= 0
-    a = a < -87.33654f ? -87.33654f : a;
-    const float n = floorf(a * 1.44269504088896341f + 0.5f);
-    float r = a - n * 0.693359375f;
+auto exp_poly = [](auto a, auto n) {  // e^(a - n ln 2), Cephes' reduction and polynomial: float or 8 lanes
+    decltype(a) r = a - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    float y = 1.9875691500e-4f;
+    decltype(a) y = 1.9875691500e-4f;
     y = y * r + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
     y = y * r + 4.1665795894e-2f;
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    return y * __builtin_bit_cast(float, ((int)n + 127) << 23);
+    return y * (r * r) + r + 1.0f;
+};
+auto pcf_exp = [&](float a) -> float {  // a <= 0
+    a = a < -87.33654f ? -87.33654f : a;
+    const float n = floorf(a * 1.44269504088896341f + 0.5f);
+    return exp_poly(a, n) * __builtin_bit_cast(float, ((int)n + 127) << 23);
 };
 #endif
 const int height = depth_map.shape[1];
@@ -233,16 +235,7 @@ auto vfloor = [&](v8f x) -> v8f {  // floorf in 8 lanes (beyond 2^23 every float
 auto vexp = [&](v8f a) -> v8f {  // pcf_exp in 8 lanes
     a = pick(a < -87.33654f, (v8f)(-87.33654f), a);
     const v8f n = vfloor(a * 1.44269504088896341f + 0.5f);
-    v8f r = a - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    v8f y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    return y * __builtin_bit_cast(v8f, (__builtin_convertvector(n, v8i) + 127) << 23);
+    return exp_poly(a, n) * __builtin_bit_cast(v8f, (__builtin_convertvector(n, v8i) + 127) << 23);
 };
 for (; i + 8 <= end; i += 8) {
     v8f d, fx, fy;
