@@ -924,7 +924,7 @@ def _soft_backward(
         return
     x0 = xs[j]
     y0 = ys[i]
-    scale = -g_out * sigmainv / multiplier  # NDC gradient = multiplier * gradient in multiplied units
+    scale = -g_out * (sigmainv / multiplier)  # NDC gradient = multiplier * multiplied units, as the stream
     for a in range(first, first + keep):
         prob = probs[a]
         q = one - prob
@@ -985,6 +985,7 @@ def _soft_stream_backward(
     One branch on the distance kind (vertex or edge: cheaper than computing both); within each, the
     corners are picked without branches."""
     thread = wp.tid()
+    ndc_scale = sigmainv / multiplier  # NDC gradient = multiplier * multiplied units (not per entry)
     for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
         first = wp.int32(0)
         if t > 0:
@@ -1019,7 +1020,7 @@ def _soft_stream_backward(
                 loo = product / q
             elif q == zero:
                 loo = -product
-            scale = -grad_soft[p] * sigmainv / multiplier  # NDC gradient = multiplier * multiplied units
+            scale = -grad_soft[p] * ndc_scale
             coef = scale * loo * prob
             if coef == zero:
                 continue
