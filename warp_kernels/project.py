@@ -46,9 +46,11 @@ def _project_vertices(
     width: Any,
     height: Any,
     ndc: wp.array3d(dtype=Any),
+    depth: wp.array2d(dtype=Any),
     chunk: int,
 ):
-    """NDC position of ``chunk`` points per thread (each point once: its faces gather it)."""
+    """NDC position of ``chunk`` points per thread (each point once: its faces gather it), and ``-z`` into
+    ``depth`` unless it is empty."""
     b, q = wp.tid()
     two = type(fx)(2.0)
     one = type(fx)(1.0)
@@ -58,6 +60,29 @@ def _project_vertices(
         w = fy * points[b, v, 1] / z + cy
         ndc[b, v, 0] = two * u / width - one
         ndc[b, v, 1] = one - two * w / height
+        if depth.shape[0] > 0:
+            depth[b, v] = -z
+
+
+@wp.func
+def _facing(points: wp.array3d(dtype=Any), b: int, i0: int, i1: int, i2: int):
+    """The facing cosine of face (i0, i1, i2) of item b, operation for operation as camera.face_inputs."""
+    p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
+    p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
+    p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
+    e1 = p1 - p0
+    e2 = p2 - p0
+    three = type(p0[0])(3.0)
+    nx = e1[1] * e2[2] - e1[2] * e2[1]
+    ny = e1[2] * e2[0] - e1[0] * e2[2]
+    nz = e1[0] * e2[1] - e1[1] * e2[0]
+    tx = -(p0[0] + p1[0] + p2[0]) / three
+    ty = -(p0[1] + p1[1] + p2[1]) / three
+    tz = -(p0[2] + p1[2] + p2[2]) / three
+    dot = nx * tx + ny * ty + nz * tz
+    n2 = nx * nx + ny * ny + nz * nz
+    t2 = tx * tx + ty * ty + tz * tz
+    return dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(p0[0])(TINY))
 
 
 @wp.kernel
@@ -74,31 +99,23 @@ def _project_faces(
     ``-z`` and NDC positions (``_project_vertices``) and the facing cosine."""
     b, q = wp.tid()
     for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
         for k in range(3):
             v = faces[f, k]
             fvz[b, f, k] = -points[b, v, 2]
             fvi[b, f, k, 0] = ndc[b, v, 0]
             fvi[b, f, k, 1] = ndc[b, v, 1]
-        # facing cosine, operation for operation as camera.face_inputs
-        p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
-        p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
-        p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
-        e1 = p1 - p0
-        e2 = p2 - p0
-        three = type(p0[0])(3.0)
-        nx = e1[1] * e2[2] - e1[2] * e2[1]
-        ny = e1[2] * e2[0] - e1[0] * e2[2]
-        nz = e1[0] * e2[1] - e1[1] * e2[0]
-        tx = -(p0[0] + p1[0] + p2[0]) / three
-        ty = -(p0[1] + p1[1] + p2[1]) / three
-        tz = -(p0[2] + p1[2] + p2[2]) / three
-        dot = nx * tx + ny * ty + nz * tz
-        n2 = nx * nx + ny * ny + nz * nz
-        t2 = tx * tx + ty * ty + tz * tz
-        fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(p0[0])(TINY))
+        fnz[b, f] = _facing(points, b, faces[f, 0], faces[f, 1], faces[f, 2])
+
+
+@wp.kernel
+def _face_cosines(
+    points: wp.array3d(dtype=Any), faces: wp.array2d(dtype=wp.int32), fnz: wp.array2d(dtype=Any), chunk: int
+):
+    """The facing cosine alone of ``chunk`` faces per thread (``project_vertices``: the rasterizer reads
+    the corners through the faces)."""
+    b, q = wp.tid()
+    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
+        fnz[b, f] = _facing(points, b, faces[f, 0], faces[f, 1], faces[f, 2])
 
 
 @wp.kernel
@@ -130,10 +147,12 @@ def _project_vertices_backward(
     width: Any,
     height: Any,
     adj_ndc: wp.array3d(dtype=Any),
+    adj_depth: wp.array2d(dtype=Any),
     adj_points: wp.array3d(dtype=Any),
     chunk: int,
 ):
-    """adj_points[b, v] += d ndc / d points of the summed NDC gradient of point v."""
+    """adj_points[b, v] += d ndc / d points of the summed NDC gradient of point v, minus the gradient of
+    its ``-z`` (``adj_depth``, unless empty)."""
     b, q = wp.tid()
     two = type(fx)(2.0)
     sx = two * fx / width  # d ndc_x / d (x / z)
@@ -146,7 +165,10 @@ def _project_vertices_backward(
         gy = adj_ndc[b, v, 1] * sy / z
         adj_points[b, v, 0] = adj_points[b, v, 0] + gx
         adj_points[b, v, 1] = adj_points[b, v, 1] - gy
-        adj_points[b, v, 2] = adj_points[b, v, 2] + (gy * y / z - gx * x / z)
+        gz = gy * y / z - gx * x / z
+        if adj_depth.shape[0] > 0:
+            gz = gz - adj_depth[b, v]
+        adj_points[b, v, 2] = adj_points[b, v, 2] + gz
 
 
 @wp.kernel
@@ -318,7 +340,7 @@ class _ProjectFaces(torch.autograd.Function):
         steps = []
         for sl in parallel.split(points.device, batch, min_items=1) if batch and count else []:
             items = sl.stop - sl.start
-            vertex_args = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], chunk]
+            vertex_args = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], points.new_empty(0, 0), chunk]
             face_args = [points[sl], ndc[sl], faces, fvz[sl], fvi[sl], fnz[sl], chunk]
             steps.append([
                 (_project_vertices, (items, point_threads), vertex_args),
@@ -353,7 +375,7 @@ class _ProjectFaces(torch.autograd.Function):
             acc_ndc, acc_points = adj_ndc[sl], adj_points[sl]  # zeroed by the part itself
             fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
             face_args = [faces, fvz, adj_fvi[sl], acc_ndc, acc_points, chunk]
-            vertex_args = [points[sl], *ctx.constants, acc_ndc, acc_points, chunk]
+            vertex_args = [points[sl], *ctx.constants, acc_ndc, points.new_empty(0, 0), acc_points, chunk]
             steps.append([
                 acc_ndc.zero_,
                 acc_points.zero_,
@@ -381,14 +403,93 @@ def project_faces(
         face_vertices_z (B, F, 3) = -z, face_vertices_image (B, F, 3, 2) NDC y up, face_normals_z (B, F)
         (no gradient); differentiable w.r.t. ``points`` through the first two.
     """
+    _check_projection(points, faces)
+    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
+    return _ProjectFaces.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
+
+
+class _ProjectVertices(torch.autograd.Function):
+    @staticmethod
+    @parallel.serial
+    def forward(ctx, points, faces, intrinsics, size):
+        wp.init()  # no-op after the first call; Warp is never initialized at import
+        points = points.detach().contiguous()
+        batch, count, n = points.shape[0], faces.shape[0], points.shape[1]
+        fx, fy, cx, cy = (parallel.scalar(points.dtype, v) for v in intrinsics)
+        width, height = (parallel.scalar(points.dtype, float(v)) for v in size)
+        depth = points.new_empty(batch, n)
+        ndc = points.new_empty(batch, n, 2)
+        fnz = points.new_empty(batch, count)
+        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
+        threads, point_threads = -(-count // chunk), -(-n // chunk)
+
+        steps = []
+        for sl in parallel.split(points.device, batch, min_items=1) if batch else []:
+            items = sl.stop - sl.start
+            vertex_args = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], depth[sl], chunk]
+            part = [(_project_vertices, (items, point_threads), vertex_args)]
+            if count:
+                part.append((_face_cosines, (items, threads), [points[sl], faces, fnz[sl], chunk]))
+            steps.append(part)
+        parallel.run_launches(points.device, __name__, steps)
+        ctx.save_for_backward(points)
+        ctx.constants = (fx, fy, width, height)
+        ctx.mark_non_differentiable(fnz)
+        ctx.set_materialize_grads(False)  # no zeros for the outputs without a gradient (fnz, often depth)
+        return depth, ndc, fnz
+
+    @staticmethod
+    @parallel.serial
+    def backward(ctx, adj_depth, adj_ndc, _adj_fnz):
+        (points,) = ctx.saved_tensors
+        if adj_depth is None and adj_ndc is None:
+            return None, None, None, None
+        adj_ndc = points.new_zeros(points.shape[0], points.shape[1], 2) if adj_ndc is None else adj_ndc
+        adj_ndc = adj_ndc.contiguous()
+        adj_depth = points.new_empty(0, 0) if adj_depth is None else adj_depth.contiguous()
+        adj_points = torch.empty_like(points)
+        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
+        point_threads = -(-points.shape[1] // chunk)
+        steps = []
+        for sl in parallel.split(points.device, points.shape[0], min_items=1) if points.shape[0] else []:
+            acc = adj_points[sl]  # zeroed by the part itself
+            depth = adj_depth[sl] if adj_depth.shape[0] else adj_depth
+            args = [points[sl], *ctx.constants, adj_ndc[sl], depth, acc, chunk]
+            steps.append([acc.zero_, (_project_vertices_backward, (sl.stop - sl.start, point_threads), args)])
+        parallel.run_launches(points.device, __name__, steps)
+        return adj_points, None, None, None
+
+
+def project_vertices(
+    points: Tensor, faces: Tensor, intrinsics: tuple[float, float, float, float], size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rasterizer inputs per point, for the rasterizer's indexed form (``raster.dibr_rasterization_indexed``,
+    ``raster.depth_map_indexed``), which reads each face's corners through ``faces``: the same numbers as
+    ``project_faces`` without gathering them per face corner (nor scattering their gradients back).
+
+    Args:
+        points: (B, V, 3) OpenCV camera coordinates (z > 0), float32 or float64.
+        faces: (F, 3) integer vertex indices, counter-clockwise seen from outside, all in [0, V).
+        intrinsics: (fx, fy, cx, cy) in pixels.
+        size: (width, height) in pixels.
+
+    Returns:
+        vertices_z (B, V) = -z, vertices_image (B, V, 2) NDC y up, face_normals_z (B, F) (no gradient);
+        differentiable w.r.t. ``points`` through the first two. ``project_faces``'s outputs are these
+        gathered at ``faces``, bit for bit.
+    """
+    _check_projection(points, faces)
+    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
+    return _ProjectVertices.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
+
+
+def _check_projection(points: Tensor, faces: Tensor) -> None:
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must have shape (B, V, 3), got {tuple(points.shape)}")
     if points.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"points must be float32 or float64, got {points.dtype}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
-    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
-    return _ProjectFaces.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
 
 
 class _RigidTransform(torch.autograd.Function):

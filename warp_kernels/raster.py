@@ -50,6 +50,11 @@ Algorithm (no pixels x faces brute force; flat arrays, indices computed by hand)
   face order, which the backward walks face by face (gradients summed in registers). On CUDA per-pixel
   CSR lists of all candidates are filled in any order, sorted, and computed and differentiated pixel
   by pixel.
+- the kernels read the mesh in an indexed form: one depth and NDC position per point, each face's
+  corners through an (F, 3) index (``_Mesh``). Kaolin's per-face arguments are the case of 3 points per
+  face and the identity index, so ``dibr_rasterization`` and its twin read the same numbers;
+  ``dibr_rasterization_indexed`` and ``depth_map_indexed`` take a mesh's vertices and faces directly
+  (the renderer's path: no (B, F, 3, ...) corner arrays, gradients summed per vertex in the kernels).
 - forward and backward are Warp kernels inside one ``torch.autograd.Function``; the device comes from
   the input tensors. Warp's CPU kernels are single-threaded but release the GIL, so on CPU the batch is
   split over ``torch.get_num_threads()`` Python threads.
@@ -78,6 +83,11 @@ MAX_FACES = (2**31 - 1) // _KINDS
 # run the order-independent path (the CUDA one) on CPU.
 SEQUENTIAL_CPU = True
 _COLUMN_BLOCK = 32  # columns per thread in the vertical prefix sum
+# How the kernels read the corner features (``fstride``): the identity, so the features are the barycentrics
+# (broadcast identity corners); one (1, 1, 3, D) set shared by every face and item; or D per point.
+_BARYCENTRIC = -1
+_SHARED = 0
+_PER_POINT = 1
 
 
 @wp.func
@@ -259,10 +269,18 @@ def _window_pixel(t: int, window: wp.array(dtype=wp.int32), height: int, width: 
 
 
 @wp.func
-def _corners_xy(vim: wp.array(dtype=Any), t: int):
-    """Face t's three projected corners (ax, ay, bx, by, cx, cy) from the flat (B*F*6,) array."""
-    v = t * 6
-    return vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5]
+def _corner_points(corner: wp.array(dtype=wp.int32), points: int, b: int, f: int):
+    """Flat indices into the item-major (B*V) points of face f's three corners in item b (``corner``:
+    the (F*3,) point index of each face corner, ``points``: V)."""
+    base = b * points
+    k = f * 3
+    return base + corner[k], base + corner[k + 1], base + corner[k + 2]
+
+
+@wp.func
+def _corners_xy(vim: wp.array(dtype=Any), p0: int, p1: int, p2: int):
+    """The projected corners (ax, ay, bx, by, cx, cy) at flat points p0, p1, p2 of the (B*V*2,) array."""
+    return vim[p0 * 2], vim[p0 * 2 + 1], vim[p1 * 2], vim[p1 * 2 + 1], vim[p2 * 2], vim[p2 * 2 + 1]
 
 
 @parallel.chunked
@@ -272,6 +290,8 @@ def _hard_pass(
     vz: wp.array(dtype=Any),
     nz: wp.array(dtype=Any),
     faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     xs: wp.array(dtype=Any),
     ys_up: wp.array(dtype=Any),
     x_scale: Any,
@@ -293,10 +313,10 @@ def _hard_pass(
     for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
         if not (nz[t] >= type(eps)(0.0)):
             continue
-        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
-        az = vz[t * 3]
-        bz = vz[t * 3 + 1]
-        cz = vz[t * 3 + 2]
+        b = t // faces
+        f = t - b * faces
+        p0, p1, p2 = _corner_points(corner, points, b, f)
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
         xmin = wp.min(ax, wp.min(bx, cx))
         xmax = wp.max(ax, wp.max(bx, cx))
         x_inv = type(x_scale)(1.0) / x_scale
@@ -304,8 +324,9 @@ def _hard_pass(
         j1 = _first_at_least(xs, xmax, x_inv)
         if j0 >= j1:  # no pixel-centre column in the box (many faces smaller than a pixel)
             continue
-        b = t // faces
-        f = t - b * faces
+        az = vz[p0]
+        bz = vz[p1]
+        cz = vz[p2]
         y_inv = type(y_scale)(1.0) / y_scale
         k0 = _first_at_least(ys_up, wp.min(ay, wp.min(by, cy)), y_inv)
         k1 = _first_at_least(ys_up, wp.max(ay, wp.max(by, cy)), y_inv)
@@ -356,10 +377,20 @@ def _is_background(fidx: wp.array(dtype=wp.int32), p: int, f: int):
 
 
 @wp.func
+def _feature_offsets(fstride: int, dims: int, p0: int, p1: int, p2: int):
+    """Where the three corners' features start: at their points (``_PER_POINT``), or in the one shared
+    set of three corners (``_SHARED``)."""
+    if fstride == _SHARED:
+        return 0, dims, 2 * dims
+    return p0 * dims, p1 * dims, p2 * dims
+
+
+@wp.func
 def _write_features(
     vim: wp.array(dtype=Any),
     feats: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     dims: int,
     fstride: int,
     f: int,
@@ -373,12 +404,12 @@ def _write_features(
     row: int,
 ):
     """Row ``row`` of ``out``: face f's features interpolated at pixel (b, i, j) with Kaolin's barycentrics
-    (``fstride`` = 3 * dims, 0 for corner features shared by every face and item, ``_BARYCENTRIC`` for
-    the identity: the barycentrics themselves, without reading the features)."""
-    v = (b * faces + f) * 6
-    w0, w1, w2, norm = _crosses(
-        vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-    )
+    (``fstride``: ``_PER_POINT`` for (B*V*dims,) point features, ``_SHARED`` for one set of corner
+    features shared by every face and item, ``_BARYCENTRIC`` for the identity: the barycentrics
+    themselves, without reading the features)."""
+    p0, p1, p2 = _corner_points(corner, points, b, f)
+    ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
+    w0, w1, w2, norm = _crosses(ax, ay, bx, by, cx, cy, xs[j], ys[i], eps)
     w0 = w0 / norm
     w1 = w1 / norm
     w2 = w2 / norm
@@ -387,9 +418,9 @@ def _write_features(
         out[row * 3 + 1] = w1
         out[row * 3 + 2] = w2
         return
-    c = (b * faces + f) * fstride
+    c0, c1, c2 = _feature_offsets(fstride, dims, p0, p1, p2)
     for d in range(dims):
-        out[row * dims + d] = w0 * feats[c + d] + w1 * feats[c + dims + d] + w2 * feats[c + 2 * dims + d]
+        out[row * dims + d] = w0 * feats[c0 + d] + w1 * feats[c1 + d] + w2 * feats[c2 + d]
 
 
 @parallel.chunked
@@ -397,7 +428,8 @@ def _write_features(
 def _interpolate(
     vim: wp.array(dtype=Any),
     feats: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     dims: int,
     fstride: int,
     fidx: wp.array(dtype=wp.int32),
@@ -444,7 +476,7 @@ def _interpolate(
         if covered.shape[0] > 0:
             covered[wp.atomic_add(count, 0, 1)] = wp.int64(p)
         if dims > 0:  # 0 for a packed call (``_interpolate_packed`` writes the features)
-            _write_features(vim, feats, faces, dims, fstride, f, b, i, column, xs, ys, eps, out, p)
+            _write_features(vim, feats, corner, points, dims, fstride, f, b, i, column, xs, ys, eps, out, p)
 
 
 @parallel.chunked
@@ -452,7 +484,8 @@ def _interpolate(
 def _depth_fill(
     vim: wp.array(dtype=Any),
     values: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     fidx: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
@@ -477,7 +510,7 @@ def _depth_fill(
             out[p] = zscale * zbuf[p]
             continue
         b, i, j = _pixel(p, ys.shape[0], xs.shape[0])
-        _write_features(vim, values, faces, 1, 3, f, b, i, j, xs, ys, eps, out, p)
+        _write_features(vim, values, corner, points, 1, _PER_POINT, f, b, i, j, xs, ys, eps, out, p)
 
 
 @parallel.chunked
@@ -485,7 +518,8 @@ def _depth_fill(
 def _interpolate_packed(
     vim: wp.array(dtype=Any),
     feats: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     dims: int,
     fstride: int,
     fidx: wp.array(dtype=wp.int32),
@@ -506,21 +540,24 @@ def _interpolate_packed(
         p = int(flat[k])
         f = fidx[p]
         b, i, j, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
-        _write_features(vim, feats, faces, dims, fstride, f, b, i, j, xs, ys, eps, out, k)
+        _write_features(vim, feats, corner, points, dims, fstride, f, b, i, j, xs, ys, eps, out, k)
 
 
 @wp.func
 def _grown_box(
     vim: wp.array(dtype=Any),
-    t: int,
+    p0: int,
+    p1: int,
+    p2: int,
     margin: Any,
     xs: wp.array(dtype=Any),
     ys_up: wp.array(dtype=Any),
     x_scale: Any,
     y_scale: Any,
 ):
-    """Pixels [top, bottom) x [left, right) whose centres lie in face t's box grown by ``margin``."""
-    ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
+    """Pixels [top, bottom) x [left, right) whose centres lie in the box of the face with corners at
+    points p0, p1, p2, grown by ``margin``."""
+    ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
     x_inv = type(x_scale)(1.0) / x_scale
     y_inv = type(y_scale)(1.0) / y_scale
     left = _first_at_least(xs, wp.min(ax, wp.min(bx, cx)) - margin, x_inv)
@@ -536,6 +573,8 @@ def _grown_box(
 def _soft_boxes(
     vim: wp.array(dtype=Any),
     faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     margin: Any,
     xs: wp.array(dtype=Any),
     ys_up: wp.array(dtype=Any),
@@ -552,7 +591,9 @@ def _soft_boxes(
     union of the boxes of all faces)."""
     thread = wp.tid()
     for t in range(thread * chunk, wp.min(thread * chunk + chunk, items)):
-        top, bottom, left, right = _grown_box(vim, t, margin, xs, ys_up, x_scale, y_scale)
+        b = t // faces
+        p0, p1, p2 = _corner_points(corner, points, b, t - b * faces)
+        top, bottom, left, right = _grown_box(vim, p0, p1, p2, margin, xs, ys_up, x_scale, y_scale)
         if top >= bottom or left >= right:
             top = 0
             bottom = 0
@@ -563,7 +604,7 @@ def _soft_boxes(
         if top >= bottom:
             continue
         stride = xs.shape[0] + 1
-        base = t // faces * (ys_up.shape[0] + 1) * stride
+        base = b * (ys_up.shape[0] + 1) * stride
         wp.atomic_add(corners, base + top * stride + left, 1)
         wp.atomic_add(corners, base + top * stride + right, -1)
         wp.atomic_add(corners, base + bottom * stride + left, -1)
@@ -727,6 +768,8 @@ def _cell(i: int, j: int, kind: int):
 def _soft_stream(
     vim: wp.array(dtype=Any),
     faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     boxes: wp.array(dtype=wp.int32),
     xs: wp.array(dtype=Any),
     ys: wp.array(dtype=Any),
@@ -765,7 +808,8 @@ def _soft_stream(
         b = t // faces
         width = xs.shape[0]
         height = ys.shape[0]
-        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
+        p0, p1, p2 = _corner_points(corner, points, b, t - b * faces)
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
         one = type(sigmainv)(1.0)
         zero = type(sigmainv)(0.0)
         scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
@@ -833,7 +877,8 @@ def _soft_finish(
 @wp.kernel
 def _soft_forward(
     vim: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     start: wp.array(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     cap: int,
@@ -871,8 +916,9 @@ def _soft_forward(
     scale = sigmainv / multiplier / multiplier  # exp(-sigmainv d2) with d2 in multiplied units
     allprob = one
     for a in range(first, first + wp.min(n, knum)):
-        v = (b * faces + lists[a]) * 6
-        d2, kind = _soft_dist2(x0, y0, vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5])
+        p0, p1, p2 = _corner_points(corner, points, b, lists[a])
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
+        d2, kind = _soft_dist2(x0, y0, ax, ay, bx, by, cx, cy)
         lists[a] = _entry(lists[a], kind)
         prob = wp.exp(-(scale * d2))
         probs[a] = prob
@@ -883,7 +929,8 @@ def _soft_forward(
 @wp.kernel
 def _soft_backward(
     vim: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     start: wp.array(dtype=wp.int32),
     count: wp.array(dtype=wp.int32),
     cap: int,
@@ -937,15 +984,15 @@ def _soft_backward(
         if coef == zero:
             continue
         entry = lists[a]
-        v = (b * faces + _entry_face(entry)) * 6
+        face = _entry_face(entry) * 3
         kind = _entry_kind(entry)
         if kind >= 3:
-            k = v + (kind - 3) * 2
+            k = (b * points + corner[face + kind - 3]) * 2
             wp.atomic_add(grad_vi, k, coef * two * (vim[k] - x0))
             wp.atomic_add(grad_vi, k + 1, coef * two * (vim[k + 1] - y0))
         else:
-            k1 = v + kind * 2
-            k2 = v + (kind + 1) % 3 * 2
+            k1 = (b * points + corner[face + kind]) * 2
+            k2 = (b * points + corner[face + (kind + 1) % 3]) * 2
             h1x, h1y, h2x, h2y = _edge_dist2_grad(x0, y0, vim[k1], vim[k1 + 1], vim[k2], vim[k2 + 1], coef)
             wp.atomic_add(grad_vi, k1, h1x)
             wp.atomic_add(grad_vi, k1 + 1, h1y)
@@ -964,6 +1011,8 @@ def _pick(r: int, a: Any, b: Any, c: Any):
 def _soft_stream_backward(
     vim: wp.array(dtype=Any),
     faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     face_end: wp.array(dtype=wp.int32),
     cells: wp.array(dtype=wp.int32),
     probs: wp.array(dtype=Any),
@@ -978,9 +1027,9 @@ def _soft_stream_backward(
     chunk: int,
 ):
     """Per face: d soft / d face_vertices_image through the face's stream entries (``_soft_stream``),
-    summed in registers and added to the face's six coordinates once. ``products`` is what
-    ``_soft_finish`` left in ``zeros``: d soft / d prob = P / (1 - prob) when P > 0; -P for the zero
-    factor and 0 for the others when P < 0; 0 when P = 0.
+    summed in registers and added to the six coordinates of the face's corner points once. ``products``
+    is what ``_soft_finish`` left in ``zeros``: d soft / d prob = P / (1 - prob) when P > 0; -P for the
+    zero factor and 0 for the others when P < 0; 0 when P = 0.
 
     One branch on the distance kind (vertex or edge: cheaper than computing both); within each, the
     corners are picked without branches."""
@@ -994,9 +1043,10 @@ def _soft_stream_backward(
         if first == last:
             continue
         width = xs.shape[0]
-        base = t // faces * ys.shape[0] * width
-        v = t * 6
-        ax, ay, bx, by, cx, cy = _corners_xy(vim, t)
+        b = t // faces
+        base = b * ys.shape[0] * width
+        p0, p1, p2 = _corner_points(corner, points, b, t - b * faces)
+        ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
         zero = type(sigmainv)(0.0)
         one = type(sigmainv)(1.0)
         two = type(sigmainv)(2.0)
@@ -1051,12 +1101,12 @@ def _soft_stream_backward(
                 gby += _pick(r, h2y, h1y, zero)
                 gcx += _pick(r, zero, h2x, h1x)
                 gcy += _pick(r, zero, h2y, h1y)
-        grad_vi[v] = grad_vi[v] + gax
-        grad_vi[v + 1] = grad_vi[v + 1] + gay
-        grad_vi[v + 2] = grad_vi[v + 2] + gbx
-        grad_vi[v + 3] = grad_vi[v + 3] + gby
-        grad_vi[v + 4] = grad_vi[v + 4] + gcx
-        grad_vi[v + 5] = grad_vi[v + 5] + gcy
+        grad_vi[p0 * 2] = grad_vi[p0 * 2] + gax
+        grad_vi[p0 * 2 + 1] = grad_vi[p0 * 2 + 1] + gay
+        grad_vi[p1 * 2] = grad_vi[p1 * 2] + gbx
+        grad_vi[p1 * 2 + 1] = grad_vi[p1 * 2 + 1] + gby
+        grad_vi[p2 * 2] = grad_vi[p2 * 2] + gcx
+        grad_vi[p2 * 2 + 1] = grad_vi[p2 * 2 + 1] + gcy
 
 
 @parallel.chunked
@@ -1065,7 +1115,8 @@ def _hard_backward(
     vi: wp.array(dtype=Any),
     vim: wp.array(dtype=Any),
     feats: wp.array(dtype=Any),
-    faces: int,
+    corner: wp.array(dtype=wp.int32),
+    points: int,
     dims: int,
     fstride: int,
     fidx: wp.array(dtype=wp.int32),
@@ -1105,63 +1156,63 @@ def _hard_backward(
         if nonzero == 0:  # e.g. shadow-map texels that no lookup reads
             continue
         b, i, j, row_start = _carried_pixel(p, b, i, row_start, ys.shape[0], xs.shape[0])
-        v = (b * faces + f) * 6
+        p0, p1, p2 = _corner_points(corner, points, b, f)
         g1 = zero
         g2 = zero
         if fstride == _BARYCENTRIC:  # identity corners: g1 = g . (f1 - f0) = g[1] - g[0], g2 = g[2] - g[0]
             g1 = grad_out[k * 3 + 1] - grad_out[k * 3]
             g2 = grad_out[k * 3 + 2] - grad_out[k * 3]
         else:
-            c = (b * faces + f) * fstride  # need_features only with per-face features (fstride = 3 * dims)
+            # need_features only with per-point features (not _SHARED)
+            c0, c1, c2 = _feature_offsets(fstride, dims, p0, p1, p2)
             if need_features != 0:
                 # the forward barycentrics, recomputed (cheaper than storing B*H*W*3 of them)
-                w0, w1, w2, norm = _crosses(
-                    vim[v], vim[v + 1], vim[v + 2], vim[v + 3], vim[v + 4], vim[v + 5], xs[j], ys[i], eps
-                )
+                ax, ay, bx, by, cx, cy = _corners_xy(vim, p0, p1, p2)
+                w0, w1, w2, norm = _crosses(ax, ay, bx, by, cx, cy, xs[j], ys[i], eps)
                 w0 = w0 / norm
                 w1 = w1 / norm
                 w2 = w2 / norm
                 for d in range(dims):
                     g = grad_out[k * dims + d]
-                    wp.atomic_add(grad_feats, c + d, w0 * g)
-                    wp.atomic_add(grad_feats, c + dims + d, w1 * g)
-                    wp.atomic_add(grad_feats, c + 2 * dims + d, w2 * g)
+                    wp.atomic_add(grad_feats, c0 + d, w0 * g)
+                    wp.atomic_add(grad_feats, c1 + d, w1 * g)
+                    wp.atomic_add(grad_feats, c2 + d, w2 * g)
             for d in range(dims):
                 g = grad_out[k * dims + d]
-                c0 = feats[c + d]
-                g1 = g1 + g * (feats[c + dims + d] - c0)
-                g2 = g2 + g * (feats[c + 2 * dims + d] - c0)
+                f0 = feats[c0 + d]
+                g1 = g1 + g * (feats[c1 + d] - f0)
+                g2 = g2 + g * (feats[c2 + d] - f0)
         if g1 == zero and g2 == zero:
             continue
-        ax = vi[v]
-        ay = vi[v + 1]
-        m = vi[v + 2] - ax
-        p1 = vi[v + 3] - ay
-        n = vi[v + 4] - ax
-        q = vi[v + 5] - ay
+        ax = vi[p0 * 2]
+        ay = vi[p0 * 2 + 1]
+        m = vi[p1 * 2] - ax
+        r = vi[p1 * 2 + 1] - ay
+        n = vi[p2 * 2] - ax
+        q = vi[p2 * 2 + 1] - ay
         s = xs[j] / multiplier - ax
         t = ys[i] / multiplier - ay
         k1 = s * q - n * t
-        k2 = m * t - s * p1
-        k3 = m * q - n * p1
+        k2 = m * t - s * r
+        k3 = m * q - n * r
         if k3 >= zero:
             k3 = k3 + eps
         else:
             k3 = k3 - eps
         inv = type(eps)(1.0) / (k3 * k3)
-        # d(w1, w2)/d(m, n, p, q, s, t) with w1 = k1 / k3, w2 = k2 / k3, weighted by g1, g2
+        # d(w1, w2)/d(m, n, r, q, s, t) with w1 = k1 / k3, w2 = k2 / k3, weighted by g1, g2
         gm = (g1 * (-q * k1) + g2 * (t * k3 - q * k2)) * inv
-        gn = (g1 * (p1 * k1 - t * k3) + g2 * (p1 * k2)) * inv
-        gp = (g1 * (n * k1) + g2 * (n * k2 - s * k3)) * inv
+        gn = (g1 * (r * k1 - t * k3) + g2 * (r * k2)) * inv
+        gr = (g1 * (n * k1) + g2 * (n * k2 - s * k3)) * inv
         gq = (g1 * (s * k3 - m * k1) + g2 * (-m * k2)) * inv
-        gs = (g1 * q - g2 * p1) * k3 * inv
+        gs = (g1 * q - g2 * r) * k3 * inv
         gt = (g2 * m - g1 * n) * k3 * inv
-        wp.atomic_add(grad_vi, v, -(gm + gn + gs))
-        wp.atomic_add(grad_vi, v + 1, -(gp + gq + gt))
-        wp.atomic_add(grad_vi, v + 2, gm)
-        wp.atomic_add(grad_vi, v + 3, gp)
-        wp.atomic_add(grad_vi, v + 4, gn)
-        wp.atomic_add(grad_vi, v + 5, gq)
+        wp.atomic_add(grad_vi, p0 * 2, -(gm + gn + gs))
+        wp.atomic_add(grad_vi, p0 * 2 + 1, -(gr + gq + gt))
+        wp.atomic_add(grad_vi, p1 * 2, gm)
+        wp.atomic_add(grad_vi, p1 * 2 + 1, gr)
+        wp.atomic_add(grad_vi, p2 * 2, gn)
+        wp.atomic_add(grad_vi, p2 * 2 + 1, gq)
 
 
 parallel.declare_float_overloads(globals())
@@ -1263,13 +1314,29 @@ class _Setup(NamedTuple):
     fstride: int | None = None  # of the features: None from their shape, _BARYCENTRIC for the identity
 
 
-_BARYCENTRIC = -1  # feature stride of broadcast identity corners: the features are the barycentrics
+class _Mesh(NamedTuple):
+    """A batch slice's geometry as the kernels read it: per point, and each face's corners through
+    ``corner``. The per-face form (Kaolin's arguments) is the case of 3 points per face, ``corner`` the
+    identity (``_corner_mesh``)."""
+
+    vz: torch.Tensor  # (B, V) depth of each point (the largest interpolated value wins)
+    vim: torch.Tensor  # (B, V, 2) NDC position of each point, times the multiplier
+    corner: torch.Tensor  # (F*3,) int32 point of each face corner
+    fnz: torch.Tensor  # (B, F) facing of each face (negative: not drawn)
+
+    @property
+    def faces(self) -> int:
+        return self.fnz.shape[1]
+
+    @property
+    def points(self) -> int:
+        return self.vim.shape[1]
 
 
-def _hard_search(launch, vim, fvz, fnz, c: _Setup):
+def _hard_search(launch, mesh: _Mesh, c: _Setup):
     """(B*H*W,) int32 winning face per pixel, ``_NO_FACE`` or -1 for background, and the (B*H*W,)
     z-buffer: the winner's interpolated z (unset where no face won, on the sequential path)."""
-    batch, faces = vim.shape[:2]
+    vim, batch, faces = mesh.vim, mesh.vim.shape[0], mesh.faces
     pixels = batch * c.ys.shape[0] * c.xs.shape[0]
     sequential = vim.device.type == "cpu" and SEQUENTIAL_CPU
     if sequential:  # mode 2 needs no -inf fill, and -1 is already the background's index
@@ -1278,10 +1345,10 @@ def _hard_search(launch, vim, fvz, fnz, c: _Setup):
     else:
         zbuf = torch.full((pixels,), -torch.inf, dtype=vim.dtype, device=vim.device)
         fidx = torch.full((pixels,), _NO_FACE, dtype=torch.int32, device=vim.device)
-    mesh = [_wp(vim.view(-1)), _wp(fvz.view(-1)), _wp(fnz.view(-1)), faces]
+    args = [_wp(vim.view(-1)), _wp(mesh.vz.view(-1)), _wp(mesh.fnz.view(-1)), faces, mesh.corner, mesh.points]
     grid = [_wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale, c.eps]
     for mode in (2,) if sequential else (0, 1):
-        launch(_hard_pass, batch * faces, [*mesh, *grid, mode, _wp(zbuf), _wp(fidx)])
+        launch(_hard_pass, batch * faces, [*args, *grid, mode, _wp(zbuf), _wp(fidx)])
     return fidx, zbuf
 
 
@@ -1322,13 +1389,14 @@ class _Window(NamedTuple):
     boxes: torch.Tensor  # (B*F*4,) int32 each face's grown box
 
 
-def _soft_window(launch, vim, c: _Setup) -> _Window | None:
+def _soft_window(launch, mesh: _Mesh, c: _Setup) -> _Window | None:
     """Each face's box grown by the soft mask's margin, drawn into a difference array (the faces per
     pixel, once summed down and across), and their union; None when no face has a box."""
-    batch, faces = vim.shape[:2]
+    vim, batch, faces = mesh.vim, mesh.vim.shape[0], mesh.faces
     height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
     margin = parallel.scalar(dtype, c.margin)
-    grid = [_wp(vim.view(-1)), faces, margin, _wp(c.xs), _wp(c.ys_up), c.x_scale, c.y_scale]
+    grid = [_wp(vim.view(-1)), faces, mesh.corner, mesh.points, margin, _wp(c.xs), _wp(c.ys_up)]
+    grid += [c.x_scale, c.y_scale]
     corners = torch.zeros(batch * (height + 1) * (width + 1), dtype=torch.int32, device=device)
     window = torch.tensor([height, 0, width, 0], dtype=torch.int32, device=device)
     boxes = torch.empty(batch * faces * 4, dtype=torch.int32, device=device)
@@ -1339,7 +1407,7 @@ def _soft_window(launch, vim, c: _Setup) -> _Window | None:
     return _Window(window, (top, bottom, left, right), corners, boxes)
 
 
-def _soft_mask(launch, vim, fidx, soft, c: _Setup, win: _Window):
+def _soft_mask(launch, mesh: _Mesh, fidx, soft, c: _Setup, win: _Window):
     """Soft mask of the uncovered pixels (``soft`` holds 0 there); returns what the backward needs
     (``_SoftStream`` or ``_SoftLists``).
 
@@ -1351,7 +1419,7 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup, win: _Window):
     and ``_soft_forward`` sorts the list and computes them pixel by pixel. Both multiply in face order:
     the same soft mask, bit for bit.
     """
-    batch, faces = vim.shape[:2]
+    vim, batch, faces = mesh.vim, mesh.vim.shape[0], mesh.faces
     height, width, device, dtype = c.ys.shape[0], c.xs.shape[0], vim.device, vim.dtype
     stream = device.type == "cpu" and _streams(height, width)
     cap = c.knum if stream else 2**31 - 1
@@ -1379,7 +1447,8 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup, win: _Window):
     probs = torch.empty(entries.shape, dtype=dtype, device=device)
     if stream:
         face_end = torch.empty(batch * faces, dtype=torch.int32, device=device)
-        args = [_wp(vim.view(-1)), faces, _wp(boxes), _wp(c.xs), _wp(c.ys), _wp(row_free), cap]
+        args = [_wp(vim.view(-1)), faces, mesh.corner, mesh.points, _wp(boxes), _wp(c.xs), _wp(c.ys)]
+        args += [_wp(row_free), cap]
         args += [_wp(count), c.sigmainv, c.multiplier, _wp(face_end), _wp(entries), _wp(probs)]
         # the pixels the stream reaches (at most the window's) and, last, their count
         touched = torch.empty(batch * rows * columns + 1, dtype=torch.int32, device=device)
@@ -1392,7 +1461,8 @@ def _soft_mask(launch, vim, fidx, soft, c: _Setup, win: _Window):
     args = [_wp(boxes), faces, height, width, w_fidx, _wp(row_free), _wp(start), cap, _wp(count)]
     launch(_soft_fill, batch * faces, [*args, _wp(entries)])
     cand = _SoftLists(window, batch * rows * columns, start, count, cap, entries, probs)
-    args = [_wp(vim.view(-1)), faces, *_list_args(cand), _wp(c.xs), _wp(c.ys), c.sigmainv, c.multiplier]
+    args = [_wp(vim.view(-1)), mesh.corner, mesh.points, *_list_args(cand), _wp(c.xs), _wp(c.ys)]
+    args += [c.sigmainv, c.multiplier]
     launch(_soft_forward, cand.pixels, [*args, c.knum, _wp(probs), w_soft])
     return cand
 
@@ -1409,18 +1479,18 @@ class _Options(NamedTuple):
     out: tuple | None = None  # (soft mask, face index) buffers to write into, as ``_check_out`` checks
 
 
-def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, o: _Options):
+def _forward_part(launch, mesh: _Mesh, feats, soft, out, face_idx, c: _Setup, o: _Options):
     """Whole forward on a batch slice; writes the (views of the) dense outputs.
 
     Returns what backward needs, and for a packed call the slice's covered pixels (flat indices local
     to the slice, int64) and their features.
     """
-    batch, faces, dims = vim.shape[0], vim.shape[1], feats.shape[-1]
+    vim, batch, dims = mesh.vim, mesh.vim.shape[0], feats.shape[-1]
     height, width = c.ys.shape[0], c.xs.shape[0]
     fstride = _feature_stride(feats, c)
     # the soft mask's window first: no face covers a pixel outside it, so the dense pass visits it alone
-    win = _soft_window(launch, vim, c) if o.soft else None
-    fidx, _ = _hard_search(launch, vim, fvz, fnz, c)
+    win = _soft_window(launch, mesh, c) if o.soft else None
+    fidx, _ = _hard_search(launch, mesh, c)
     sequential = vim.device.type == "cpu" and SEQUENTIAL_CPU
     w_vim, w_xs, w_ys = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys)
     w_feats, soft = _wp(feats.view(-1)), soft.view(-1)
@@ -1436,7 +1506,8 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
         if not sequential:  # the atomic passes' background index, made -1 (the kernel does it inside)
             fidx.masked_fill_(fidx == _NO_FACE, -1)
     dense_dims = 0 if o.packed else dims
-    args = [w_vim, w_feats, faces, dense_dims, fstride, _wp(fidx), w_xs, w_ys, c.eps, _wp(face_idx.view(-1))]
+    args = [w_vim, w_feats, mesh.corner, mesh.points, dense_dims, fstride, _wp(fidx), w_xs, w_ys, c.eps]
+    args.append(_wp(face_idx.view(-1)))
     # a sequential (CPU) launch lists the covered pixels in order itself; elsewhere nonzero() does
     listed = o.packed and sequential
     covered = torch.empty(items if listed else 0, dtype=torch.int64, device=vim.device)
@@ -1448,37 +1519,27 @@ def _forward_part(launch, fvz, vim, feats, fnz, soft, out, face_idx, c: _Setup, 
         flat = covered[: int(count)].clone() if listed else (fidx >= 0).nonzero()[:, 0]
         packed = torch.empty((flat.shape[0], dims), dtype=vim.dtype, device=vim.device)
         if flat.shape[0]:
-            args = [
-                w_vim,
-                w_feats,
-                faces,
-                dims,
-                fstride,
-                _wp(fidx),
-                _wp(flat),
-                w_xs,
-                w_ys,
-                c.eps,
-                _wp(packed.view(-1)),
-            ]
-            launch(_interpolate_packed, flat.shape[0], args)
+            args = [w_vim, w_feats, mesh.corner, mesh.points, dims, fstride, _wp(fidx), _wp(flat), w_xs, w_ys]
+            launch(_interpolate_packed, flat.shape[0], [*args, c.eps, _wp(packed.view(-1))])
     soft_saved = None
     if win is not None:
-        soft_saved = _soft_mask(launch, vim, fidx, soft, c, win)
+        soft_saved = _soft_mask(launch, mesh, fidx, soft, c, win)
     return (fidx, flat, soft_saved), packed
 
 
-def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c: _Setup):
+def _interpolation_backward(
+    launch, vi, vim, corner, feats, fidx, flat, grad_out, grad_vi, grad_feats, c: _Setup
+):
     """Kaolin's interpolation gradient (``_hard_backward``) on a batch slice, into grad_vi and (if not
-    None) grad_feats. ``flat`` None: ``grad_out`` is dense, one item per pixel; else the packed rows'
-    pixels."""
-    faces, dims = fvi.shape[1], feats.shape[-1]
+    None) grad_feats (per point, as ``vi`` and the features). ``flat`` None: ``grad_out`` is dense, one
+    item per pixel; else the packed rows' pixels."""
+    dims = feats.shape[-1]
     if flat is None:
-        flat, threads = torch.empty(0, dtype=torch.int64, device=fvi.device), fidx.numel()
+        flat, threads = torch.empty(0, dtype=torch.int64, device=vi.device), fidx.numel()
     else:
         threads = flat.shape[0]
     fstride = _feature_stride(feats, c)
-    args = [_wp(fvi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), faces, dims, fstride]
+    args = [_wp(vi.view(-1)), _wp(vim.view(-1)), _wp(feats.view(-1)), corner, vi.shape[1], dims, fstride]
     args += [_wp(fidx), _wp(flat)]
     targets = [_wp(grad_vi.view(-1)), _wp((grad_feats if grad_feats is not None else grad_vi).view(-1))]
     args += [
@@ -1494,12 +1555,11 @@ def _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_
 
 
 def _feature_stride(feats: torch.Tensor, c: _Setup) -> int:
-    """Elements between two faces' corner features in the flat array: ``c.fstride`` when the call set it
-    (``_BARYCENTRIC``), else 3 * D, or 0 for one (1, 1, 3, D) set shared by every face and item (the same
-    offsets when there really is one face and one item)."""
+    """How the kernels read the corner features: ``c.fstride`` when the call set it (``_BARYCENTRIC``),
+    else ``_SHARED`` for one (1, 1, 3, D) set shared by every face and item, ``_PER_POINT`` for (B, V, D)."""
     if c.fstride is not None:
         return c.fstride
-    return 0 if feats.shape[0] == 1 and feats.shape[1] == 1 else 3 * feats.shape[-1]
+    return _SHARED if feats.dim() == 4 else _PER_POINT
 
 
 def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _Setup):
@@ -1507,22 +1567,43 @@ def _backward_part(launch, saved, grad_out, grad_soft, grad_vi, grad_feats, c: _
 
     ``grad_out`` holds the slice's rows: (B_s, H, W, D) dense or (N_s, D) packed.
     """
-    fvi, vim, feats, (fidx, flat, soft_saved) = saved
-    faces = fvi.shape[1]
+    vi, vim, corner, faces, feats, (fidx, flat, soft_saved) = saved
     w_vim, w_xs, w_ys, w_grad_vi = _wp(vim.view(-1)), _wp(c.xs), _wp(c.ys), _wp(grad_vi.view(-1))
+    points = vi.shape[1]
     if grad_out is not None:
-        _interpolation_backward(launch, fvi, vim, feats, fidx, flat, grad_out, grad_vi, grad_feats, c)
+        _interpolation_backward(launch, vi, vim, corner, feats, fidx, flat, grad_out, grad_vi, grad_feats, c)
     if grad_soft is None or soft_saved is None:
         return
     w_grad_soft = _wp(grad_soft.view(-1))
     if isinstance(soft_saved, _SoftStream):
         s = soft_saved
-        args = [w_vim, faces, _wp(s.face_end), _wp(s.cells), _wp(s.probs), w_xs, w_ys, c.sigmainv]
+        args = [
+            w_vim,
+            faces,
+            corner,
+            points,
+            _wp(s.face_end),
+            _wp(s.cells),
+            _wp(s.probs),
+            w_xs,
+            w_ys,
+            c.sigmainv,
+        ]
         args += [c.multiplier, _wp(s.products), w_grad_soft, w_grad_vi]
         launch(_soft_stream_backward, s.face_end.shape[0], args)
     else:
         cand = soft_saved
-        args = [w_vim, faces, *_list_args(cand), _wp(cand.probs), w_xs, w_ys, c.sigmainv, c.multiplier]
+        args = [
+            w_vim,
+            corner,
+            points,
+            *_list_args(cand),
+            _wp(cand.probs),
+            w_xs,
+            w_ys,
+            c.sigmainv,
+            c.multiplier,
+        ]
         launch(_soft_backward, cand.pixels, [*args, c.knum, w_grad_soft, w_grad_vi])
 
 
@@ -1533,19 +1614,21 @@ def _run_parts(device: torch.device, items: list, job) -> list:
 
 
 class _DibrRasterization(torch.autograd.Function):
-    """Forward and backward on contiguous batch slices (one per CPU thread; the whole batch on CUDA)."""
+    """Forward and backward on contiguous batch slices (one per CPU thread; the whole batch on CUDA).
+
+    Inputs in the indexed form (``_Mesh``): ``vz`` (B, V), ``vi`` (B, V, 2), ``corner`` (F*3,) int32, ``fnz``
+    (B, F); ``feats`` (B, V, D) per point, or one (1, 1, 3, D) set shared by every face (no gradient)."""
 
     @staticmethod
     @parallel.serial
-    def forward(ctx, height, width, fvz, fvi, feats, fnz, sigmainv, boxlen, knum, multiplier, eps, options):
-        dtype, device = fvi.dtype, fvi.device
-        batch = fvi.shape[0]
-        # corner features broadcast over items and faces (e.g. the identity: barycentrics) are read from
-        # one (1, 1, 3, D) copy instead of a (B, F, 3, D) one, when they need no gradient
-        shared = feats.stride(0) == 0 and feats.stride(1) == 0 and not ctx.needs_input_grad[4]
-        feats = feats[:1, :1] if shared else feats
-        fvi, feats = fvi.detach().contiguous(), feats.detach().contiguous()
-        fvz, fnz = fvz.detach().contiguous(), fnz.detach().contiguous()
+    def forward(
+        ctx, height, width, vz, vi, corner, feats, fnz, sigmainv, boxlen, knum, multiplier, eps, options
+    ):
+        dtype, device = vi.dtype, vi.device
+        batch = vi.shape[0]
+        shared = feats.dim() == 4
+        vi, feats = vi.detach().contiguous(), feats.detach().contiguous()
+        vz, fnz = vz.detach().contiguous(), fnz.detach().contiguous()
         xs, ys, ys_up = _centres(height, width, float(multiplier), dtype, device)
         scalars = [
             parallel.scalar(dtype, v)
@@ -1558,7 +1641,7 @@ class _DibrRasterization(torch.autograd.Function):
         )
         fstride = _BARYCENTRIC if identity else None
         setup = _Setup(xs, ys, ys_up, *scalars, knum, boxlen * multiplier, fstride)
-        vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
+        vim = torch.empty_like(vi)  # vi * multiplier, each part its own slice
         if options.out is None:
             soft = torch.empty((batch, height, width), dtype=dtype, device=device)
             face_idx = torch.empty((batch, height, width), dtype=torch.int64, device=device)
@@ -1568,17 +1651,21 @@ class _DibrRasterization(torch.autograd.Function):
         out = (torch.empty if options.packed else torch.zeros)(dense, dtype=dtype, device=device)
 
         def job(launch, sl):
-            torch.mul(fvi[sl], multiplier, out=vim[sl])
-            views = [t[sl] for t in (fvz, vim, feats, fnz, soft, face_idx)]
-            views[2] = feats if shared else views[2]
-            views.insert(5, out if options.packed else out[sl])
-            return _forward_part(launch, *views, setup, options)
+            torch.mul(vi[sl], multiplier, out=vim[sl])
+            mesh = _Mesh(vz[sl], vim[sl], corner, fnz[sl])
+            views = [
+                feats if shared else feats[sl],
+                soft[sl],
+                out if options.packed else out[sl],
+                face_idx[sl],
+            ]
+            return _forward_part(launch, mesh, *views, setup, options)
 
         slices = parallel.split(device, batch, min_items=1)
         results = _run_parts(device, slices, job)
         ctx.parts = [(sl, saved) for sl, (saved, _) in zip(slices, results)]
-        ctx.setup, ctx.shared = setup, shared
-        ctx.save_for_backward(fvi, vim, feats)
+        ctx.setup, ctx.shared, ctx.faces = setup, shared, fnz.shape[1]
+        ctx.save_for_backward(vi, vim, corner, feats)
         ctx.mark_non_differentiable(face_idx)
         ctx.set_materialize_grads(False)  # an unused output gets None: its backward is skipped
         if not options.packed:
@@ -1593,17 +1680,19 @@ class _DibrRasterization(torch.autograd.Function):
     @staticmethod
     @parallel.serial
     def backward(ctx, grad_out, grad_soft, *_unused):
-        fvi, vim, feats = ctx.saved_tensors
-        need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        vi, vim, corner, feats = ctx.saved_tensors
+        need_vi, need_feats = ctx.needs_input_grad[3], ctx.needs_input_grad[5]
         if grad_out is None:
             need_feats = False
         grad_out = grad_out.contiguous() if grad_out is not None and (need_vi or need_feats) else None
         grad_soft = grad_soft.contiguous() if grad_soft is not None and need_vi else None
+        nones = [None] * 7
         if grad_out is None and grad_soft is None:
-            grad_vi = torch.zeros_like(fvi) if need_vi else None
-            return None, None, None, grad_vi, torch.zeros_like(feats) if need_feats else None, *([None] * 7)
+            grad_vi = torch.zeros_like(vi) if need_vi else None
+            grad_feats = torch.zeros_like(feats) if need_feats else None
+            return None, None, None, grad_vi, None, grad_feats, *nones
         # zeroed by each part (its slice), then accumulated; the kernels always take a grad_vi target
-        grad_vi = torch.empty_like(fvi)
+        grad_vi = torch.empty_like(vi)
         grad_feats = torch.empty_like(feats) if need_feats else None
         rows = getattr(ctx, "rows", None)
         ends = torch.tensor(rows).cumsum(0).tolist() if rows is not None else None
@@ -1615,12 +1704,11 @@ class _DibrRasterization(torch.autograd.Function):
                 g_out = grad_out[sl] if ends is None else grad_out[ends[k] - rows[k] : ends[k]]
             grads = [g_out, None if grad_soft is None else grad_soft[sl]]
             grads += [None if g is None else g[sl].zero_() for g in (grad_vi, grad_feats)]
-            _backward_part(
-                launch, (fvi[sl], vim[sl], feats if ctx.shared else feats[sl], saved), *grads, ctx.setup
-            )
+            part = (vi[sl], vim[sl], corner, ctx.faces, feats if ctx.shared else feats[sl], saved)
+            _backward_part(launch, part, *grads, ctx.setup)
 
-        _run_parts(fvi.device, list(range(len(ctx.parts))), job)
-        return None, None, None, grad_vi if need_vi else None, grad_feats, *([None] * 7)
+        _run_parts(vi.device, list(range(len(ctx.parts))), job)
+        return None, None, None, grad_vi if need_vi else None, None, grad_feats, *nones
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -1635,35 +1723,38 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 class _DepthMap(torch.autograd.Function):
-    """The hard DIB-R pass alone, interpolating one value per corner into a dense map (no soft mask, no
-    face index): forward and backward on contiguous batch slices, as ``_DibrRasterization``."""
+    """The hard DIB-R pass alone, interpolating one value per point into a dense map (no soft mask, no
+    face index): forward and backward on contiguous batch slices, as ``_DibrRasterization`` (indexed
+    form: ``vz`` and ``values`` (B, V), ``vi`` (B, V, 2), ``corner`` (F*3,), ``fnz`` (B, F))."""
 
     @staticmethod
     @parallel.serial
-    def forward(ctx, height, width, fvz, fvi, values, fnz, empty, multiplier, eps, scale):
-        dtype, device = fvi.dtype, fvi.device
-        batch = fvi.shape[0]
+    def forward(ctx, height, width, vz, vi, corner, values, fnz, empty, multiplier, eps, scale):
+        dtype, device = vi.dtype, vi.device
+        batch = vi.shape[0]
         # values that are the depth test's z (the same memory): the map is the scaled z-buffer
-        from_z = _same_memory(values, fvz)
-        fvi, values = fvi.detach().contiguous(), values.detach().contiguous()
+        from_z = _same_memory(values, vz)
+        vi, values = vi.detach().contiguous(), values.detach().contiguous()
         if scale != 1.0:  # the map interpolates the scaled values (here, on one thread: no torch op after)
             values = values * scale
-        fvz, fnz, empty = fvz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
+        vz, fnz, empty = vz.detach().contiguous(), fnz.detach().contiguous(), empty.detach().contiguous()
         xs, ys, ys_up = _centres(height, width, float(multiplier), dtype, device)
         scalars = [
             parallel.scalar(dtype, v) for v in (multiplier / width, multiplier / height, eps, 0.0, multiplier)
         ]
         setup = _Setup(xs, ys, ys_up, *scalars, 1, 0.0)
-        vim = torch.empty_like(fvi)  # fvi * multiplier, each part its own slice
+        vim = torch.empty_like(vi)  # vi * multiplier, each part its own slice
         out = torch.empty((batch, height, width), dtype=dtype, device=device)
+        points = vi.shape[1]
 
         def job(launch, sl):
-            torch.mul(fvi[sl], multiplier, out=vim[sl])
-            fidx, zbuf = _hard_search(launch, vim[sl], fvz[sl], fnz[sl], setup)
+            torch.mul(vi[sl], multiplier, out=vim[sl])
+            fidx, zbuf = _hard_search(launch, _Mesh(vz[sl], vim[sl], corner, fnz[sl]), setup)
             args = [
                 _wp(vim[sl].view(-1)),
                 _wp(values[sl].view(-1)),
-                fvi.shape[1],
+                corner,
+                points,
                 _wp(fidx),
                 _wp(xs),
                 _wp(ys),
@@ -1676,41 +1767,57 @@ class _DepthMap(torch.autograd.Function):
         ctx.parts = list(zip(slices, _run_parts(device, slices, job)))
         ctx.setup = setup
         ctx.scale = scale
-        ctx.save_for_backward(fvi, vim, values)
+        ctx.save_for_backward(vi, vim, corner, values)
         ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
     @parallel.serial
     def backward(ctx, grad_out):
-        fvi, vim, values = ctx.saved_tensors
-        need_vi, need_values = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        vi, vim, corner, values = ctx.saved_tensors
+        need_vi, need_values = ctx.needs_input_grad[3], ctx.needs_input_grad[5]
         if grad_out is None or not (need_vi or need_values):
-            return (None,) * 10
+            return (None,) * 11
         grad_out = grad_out.contiguous()
-        grad_vi = torch.empty_like(fvi)  # each part zeroes its slice
+        grad_vi = torch.empty_like(vi)  # each part zeroes its slice
         grad_values = torch.empty_like(values) if need_values else None
 
         def job(launch, k):
             sl, fidx = ctx.parts[k]
             grad_vi[sl].zero_()
             grad_feats = grad_values[sl, ..., None].zero_() if grad_values is not None else None
-            args = [
-                fvi[sl],
-                vim[sl],
-                values[sl, ..., None],
-                fidx,
-                None,
-                grad_out[sl],
-                grad_vi[sl],
-                grad_feats,
-            ]
-            _interpolation_backward(launch, *args, ctx.setup)  # dense: one item per pixel
+            args = [vi[sl], vim[sl], corner, values[sl, ..., None], fidx, None, grad_out[sl], grad_vi[sl]]
+            _interpolation_backward(launch, *args, grad_feats, ctx.setup)  # dense: one item per pixel
 
-        _run_parts(fvi.device, list(range(len(ctx.parts))), job)
+        _run_parts(vi.device, list(range(len(ctx.parts))), job)
         if grad_values is not None and ctx.scale != 1.0:
             grad_values.mul_(ctx.scale)
-        return None, None, None, grad_vi if need_vi else None, grad_values, None, None, None, None, None
+        grad_vi = grad_vi if need_vi else None
+        return None, None, None, grad_vi, None, grad_values, None, None, None, None, None
+
+
+@functools.lru_cache(maxsize=8)
+def _identity_corner(faces: int, device: torch.device) -> torch.Tensor:
+    """(F*3,) int32 0, 1, ..., 3F - 1: corner k of face f is point 3f + k (the per-face form; read-only)."""
+    return torch.arange(faces * 3, dtype=torch.int32, device=device)
+
+
+def _corner_mesh(face_vertices_z, face_vertices_image):
+    """Kaolin's per-face arguments in the indexed form: 3 points per face (views when contiguous)."""
+    batch, faces = face_vertices_image.shape[:2]
+    vz = face_vertices_z.reshape(batch, faces * 3)
+    vi = face_vertices_image.reshape(batch, faces * 3, 2)
+    return vz, vi, _identity_corner(faces, face_vertices_image.device)
+
+
+def _corner_features(face_features: torch.Tensor) -> torch.Tensor:
+    """(B, F, 3, D) corner features as the kernels read them: one (1, 1, 3, D) set when they are broadcast
+    over items and faces and need no gradient (e.g. the identity: barycentrics), else (B, 3F, D)."""
+    broadcast = face_features.stride(0) == 0 and face_features.stride(1) == 0
+    if broadcast and not (torch.is_grad_enabled() and face_features.requires_grad):
+        return face_features[:1, :1]
+    batch, faces, _, dims = face_features.shape
+    return face_features.reshape(batch, faces * 3, dims)
 
 
 def depth_map(
@@ -1756,9 +1863,12 @@ def depth_map(
     if not torch.is_tensor(empty) or empty.shape != (batch,):
         raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
     empty = empty.to(dtype=face_vertices_image.dtype, device=face_vertices_image.device)
+    vz, vi, corner = _corner_mesh(face_vertices_z, face_vertices_image)
+    # views of the same memory when face_values is face_vertices_z (the map is then the scaled z-buffer)
+    values = face_values.reshape(vz.shape)
     return _DepthMap.apply(
-        height, width, face_vertices_z, face_vertices_image, face_values, face_normals_z, empty,
-        float(multiplier), float(eps), float(scale),
+        height, width, vz, vi, corner, values, face_normals_z, empty, float(multiplier), float(eps),
+        float(scale),
     )  # fmt: skip
 
 
@@ -1802,8 +1912,9 @@ def dibr_rasterization(
     check_dibr_inputs(*args, knum)
     is_seq = isinstance(face_features, (list, tuple))
     feats = torch.cat(list(face_features), dim=-1) if is_seq else face_features
+    vz, vi, corner = _corner_mesh(face_vertices_z, face_vertices_image)
     out, soft, face_idx = _DibrRasterization.apply(
-        height, width, face_vertices_z, face_vertices_image, feats, face_normals_z,
+        height, width, vz, vi, corner, _corner_features(feats), face_normals_z,
         float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
         _Options(soft=bool(soft_mask), packed=False),
     )  # fmt: skip
@@ -1850,11 +1961,125 @@ def dibr_rasterization_packed(
         raise ValueError("face_features must be one (B, F, 3, D) tensor for the packed rasterization")
     if out is not None:
         out = _check_out(out, face_vertices_image, height, width)
+    vz, vi, corner = _corner_mesh(face_vertices_z, face_vertices_image)
     packed, soft, face_idx, flat_index = _DibrRasterization.apply(
-        *args, float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
+        height, width, vz, vi, corner, _corner_features(face_features), face_normals_z,
+        float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
         _Options(soft=bool(soft_mask), packed=True, out=out),
     )  # fmt: skip
     return packed, soft, face_idx, flat_index
+
+
+def check_indexed_inputs(height, width, vertices_z, vertices_image, faces, face_normals_z, knum=30):
+    """Validate the arguments of the indexed rasterizer (``dibr_rasterization_indexed``,
+    ``depth_map_indexed``); raise ValueError naming the argument."""
+    for name, value in (("height", height), ("width", width), ("knum", knum)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    image = vertices_image
+    if not torch.is_tensor(image) or image.ndim != 3 or image.shape[2] != 2:
+        got = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ValueError(f"vertices_image must have shape (B, V, 2), got {got}")
+    if image.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"vertices_image must be float32 or float64, got {image.dtype}")
+    batch, points = image.shape[:2]
+    if not torch.is_tensor(faces) or faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype != torch.int32:
+        got = f"{tuple(faces.shape)} {faces.dtype}" if torch.is_tensor(faces) else type(faces).__name__
+        raise ValueError(f"faces must be an (F, 3) int32 tensor, got {got}")
+    if faces.device != image.device or not faces.is_contiguous():
+        raise ValueError(f"faces must be contiguous and on {image.device} like vertices_image")
+    if faces.shape[0] > MAX_FACES:
+        raise ValueError(f"faces has {faces.shape[0]} rows; at most {MAX_FACES} are supported")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= points):
+        raise ValueError(
+            f"faces must index the {points} vertices, got values in [{int(faces.min())}, {int(faces.max())}]"
+        )
+    for name, tensor, shape in (
+        ("vertices_z", vertices_z, (batch, points)),
+        ("face_normals_z", face_normals_z, (batch, faces.shape[0])),
+    ):
+        if not torch.is_tensor(tensor) or tuple(tensor.shape) != shape:
+            got = tuple(tensor.shape) if torch.is_tensor(tensor) else type(tensor).__name__
+            raise ValueError(f"{name} must have shape {shape}, got {got}")
+        if tensor.dtype != image.dtype or tensor.device != image.device:
+            raise ValueError(
+                f"{name} must have the dtype and device of vertices_image ({image.dtype} on {image.device}), "
+                f"got {tensor.dtype} on {tensor.device}"
+            )
+
+
+def dibr_rasterization_indexed(
+    height,
+    width,
+    vertices_z,
+    vertices_image,
+    faces,
+    face_normals_z,
+    sigmainv=7000,
+    boxlen=0.02,
+    knum=30,
+    multiplier=1000,
+    eps=1e-8,
+    soft_mask=True,
+    out=None,
+):
+    """``dibr_rasterization_packed`` of the barycentrics (identity corner features), with the mesh given
+    per vertex: each face's corners are read through ``faces``. The same values as the per-face call on
+    the gathered corners, and gradients summed per vertex (within rounding of the per-face call's
+    gradients summed at ``faces``), without the (B, F, 3, ...) corner arrays.
+
+    Args:
+        height, width: image size in pixels.
+        vertices_z: (B, V) depth of each vertex; the largest interpolated value wins.
+        vertices_image: (B, V, 2) NDC positions, y up.
+        faces: (F, 3) int32 contiguous vertex indices in [0, V), on the inputs' device.
+        face_normals_z: (B, F); faces with a negative value are not drawn (hard pass).
+        sigmainv, boxlen, knum, multiplier, eps, soft_mask, out: as ``dibr_rasterization_packed``.
+
+    Returns:
+        barycentrics (N, 3) of the covered pixels, soft_mask (B, H, W), face_idx (B, H, W) int64 (-1 for
+        background), flat_index (N,) int64 increasing; differentiable w.r.t. ``vertices_image``.
+    """
+    check_indexed_inputs(height, width, vertices_z, vertices_image, faces, face_normals_z, knum)
+    if out is not None:
+        out = _check_out(out, vertices_image, height, width)
+    identity = torch.eye(3, dtype=vertices_image.dtype, device=vertices_image.device)[None, None]
+    return _DibrRasterization.apply(
+        height, width, vertices_z, vertices_image, faces.view(-1), identity, face_normals_z,
+        float(sigmainv), float(boxlen), int(knum), float(multiplier), float(eps),
+        _Options(soft=bool(soft_mask), packed=True, out=out),
+    )  # fmt: skip
+
+
+def depth_map_indexed(
+    height,
+    width,
+    vertices_z,
+    vertices_image,
+    faces,
+    face_normals_z,
+    empty,
+    multiplier=1000,
+    eps=1e-8,
+    scale=1.0,
+):
+    """``depth_map`` of the vertices' own depth (``scale`` times the interpolated ``vertices_z``), with the
+    mesh given per vertex as ``dibr_rasterization_indexed``: the same map as the per-face call on the
+    gathered corners, differentiable w.r.t. ``vertices_z`` and ``vertices_image`` (gradients summed per
+    vertex).
+
+    Returns:
+        (B, H, W) map, ``empty`` (B,) where no face covers a pixel.
+    """
+    check_indexed_inputs(height, width, vertices_z, vertices_image, faces, face_normals_z)
+    batch = vertices_image.shape[0]
+    if not torch.is_tensor(empty) or empty.shape != (batch,):
+        raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
+    empty = empty.to(dtype=vertices_image.dtype, device=vertices_image.device)
+    return _DepthMap.apply(
+        height, width, vertices_z, vertices_image, faces.view(-1), vertices_z, face_normals_z, empty,
+        float(multiplier), float(eps), float(scale),
+    )  # fmt: skip
 
 
 def _check_out(out, like: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

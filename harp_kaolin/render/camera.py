@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from harp_kaolin.geometry import gather_corners
-from warp_kernels.project import project_faces
+from warp_kernels.project import project_faces, project_vertices
 
 _TINY = 1e-20  # guards the normalization of degenerate faces (their cosine is then 0)
 
@@ -136,6 +136,36 @@ def face_inputs(
         raise ValueError(f"backend must be 'torch' or 'warp', got {backend!r}")
     faces = faces.long()
     ndc, z = project_to_ndc(vertices_cam, camera)
+    return gather_corners(z, faces), gather_corners(ndc, faces), _face_normals_z(vertices_cam, faces)
+
+
+def vertex_inputs(
+    vertices_cam: Tensor, faces: Tensor, camera: Camera, backend: str = "torch"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rasterizer inputs per vertex, for the rasterizer's indexed form
+    (``warp_kernels.raster.dibr_rasterization_indexed``), which reads each face's corners through
+    ``faces``: ``face_inputs``'s corner arrays before they are gathered.
+
+    Args:
+        vertices_cam, faces, camera: as ``face_inputs``.
+        backend: "torch" or "warp" (``warp_kernels.project.project_vertices``, the same bits).
+
+    Returns:
+        vertices_z (B, V) = -depth, vertices_image (B, V, 2) NDC y up, and face_normals_z (B, F) as
+        ``face_inputs`` (no gradient).
+    """
+    _check_faces(vertices_cam, faces)
+    if backend == "warp":
+        intrinsics = (camera.fx, camera.fy, camera.cx, camera.cy)
+        return project_vertices(vertices_cam, faces, intrinsics, (camera.width, camera.height))
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'warp', got {backend!r}")
+    ndc, z = project_to_ndc(vertices_cam, camera)
+    return z, ndc, _face_normals_z(vertices_cam, faces.long())
+
+
+def _face_normals_z(vertices_cam: Tensor, faces: Tensor) -> Tensor:
+    """(B, F) cosine between each face's outward normal and the direction from its centroid to the eye."""
     with torch.no_grad():  # the facing test carries no gradient; per component, no small reductions
         p = [[c.index_select(1, faces[:, k]) for c in vertices_cam.unbind(-1)] for k in range(3)]
         e1 = [p[1][i] - p[0][i] for i in range(3)]
@@ -145,8 +175,7 @@ def face_inputs(
         dot = normal[0] * to_camera[0] + normal[1] * to_camera[1] + normal[2] * to_camera[2]
         n2 = normal[0].square() + normal[1].square() + normal[2].square()
         t2 = to_camera[0].square() + to_camera[1].square() + to_camera[2].square()
-        face_normals_z = dot / (n2.sqrt() * t2.sqrt()).clamp_min(_TINY)
-    return gather_corners(z, faces), gather_corners(ndc, faces), face_normals_z
+        return dot / (n2.sqrt() * t2.sqrt()).clamp_min(_TINY)
 
 
 def project_mesh(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from warp_kernels.raster import check_dibr_inputs, dibr_rasterization_packed
+from warp_kernels.raster import check_dibr_inputs, dibr_rasterization_indexed, dibr_rasterization_packed
 from warp_kernels.raster import dibr_rasterization as warp_dibr_rasterization
 from warp_kernels.reference import dibr_rasterization as torch_dibr_rasterization
 
@@ -157,6 +157,30 @@ def rasterize_packed(
     flat_index = (dense.face_idx.reshape(-1) >= 0).nonzero()[:, 0]
     features = dense.features.reshape(-1, dense.features.shape[-1])[flat_index]
     return PackedRasterOutput(features, flat_index, dense.soft_mask, dense.face_idx)
+
+
+def rasterize_indexed(
+    height: int,
+    width: int,
+    vertices_z: Tensor,
+    vertices_image: Tensor,
+    faces: Tensor,
+    face_normals_z: Tensor,
+    soft_mask: bool = True,
+    out: tuple[Tensor, Tensor] | None = None,
+    **dibr_kwargs,
+) -> PackedRasterOutput:
+    """The Warp backend's ``rasterize_packed`` of the barycentrics, with the mesh given per vertex
+    (``harp_kaolin.render.camera.vertex_inputs``): the rasterizer reads each face's corners through
+    ``faces`` (int32), so no (B, F, 3, ...) corner arrays are made and the gradients come summed per
+    vertex (``warp_kernels.raster.dibr_rasterization_indexed``). The same result as ``rasterize_packed``
+    on the corners gathered at ``faces`` with identity corner features."""
+    _check_arguments("warp", dibr_kwargs)
+    features, soft, face_idx, flat_index = dibr_rasterization_indexed(
+        height, width, vertices_z, vertices_image, faces, face_normals_z, soft_mask=soft_mask, out=out,
+        **dibr_kwargs,
+    )  # fmt: skip
+    return PackedRasterOutput(features, flat_index, soft, face_idx)
 
 
 def _check_arguments(backend: str, dibr_kwargs: dict) -> None:

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from harp_kaolin.geometry import vertex_normals
-from harp_kaolin.render.camera import Camera, project_mesh
-from harp_kaolin.render.rasterize import rasterize_packed
+from harp_kaolin.render.camera import Camera, project_mesh, vertex_inputs
+from harp_kaolin.render.rasterize import rasterize_indexed, rasterize_packed
 from harp_kaolin.render.shading import (
     SHADOW_BIAS,
     SHADOW_SHARPNESS,
@@ -224,13 +224,15 @@ def rasterize_mesh(
     Returns:
         Fragments.
     """
-    if backend == "warp":  # read from one (3, 3) identity: the Warp rasterizer sees the broadcast
-        corners = torch.eye(3, dtype=vertices.dtype, device=vertices.device)
-        corners = corners.expand(vertices.shape[0], faces.shape[0], 3, 3)
+    if backend == "warp":  # per vertex: the rasterizer reads each face's corners through the faces
+        faces = faces.to(device=vertices.device, dtype=torch.int32).contiguous()
+        vertices_z, vertices_image, face_normals_z = vertex_inputs(vertices, faces, camera, "warp")
+        args = (camera.height, camera.width, vertices_z, vertices_image, faces, face_normals_z)
+        raster = rasterize_indexed(*args, out=out, **options)
     else:
         corners = _identity_corners(vertices.shape[0], faces.shape[0], vertices.dtype, vertices.device)
-    inputs = project_mesh(camera, vertices, faces, corners, "warp" if backend == "warp" else "torch")
-    raster = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, out=out, **options)
+        inputs = project_mesh(camera, vertices, faces, corners, "torch")
+        raster = rasterize_packed(camera.height, camera.width, *inputs, backend=backend, out=out, **options)
     flat_index = raster.flat_index
     return Fragments(
         barycentrics=raster.features,

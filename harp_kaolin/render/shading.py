@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harp_kaolin.render.camera import Camera, face_inputs
+from harp_kaolin.render.camera import Camera, face_inputs, vertex_inputs
 from harp_kaolin.render.rasterize import rasterize_packed
 from warp_kernels import reference
 from warp_kernels.project import bounding_sphere as warp_bounding_sphere
 from warp_kernels.project import rigid_transform
-from warp_kernels.raster import depth_map
+from warp_kernels.raster import depth_map_indexed
 from warp_kernels.shadow import check_pcf_inputs, project_points
 from warp_kernels.shadow import pcf_visibility as warp_pcf_visibility
 
@@ -217,13 +217,15 @@ def shadow_map(
         scaled = rigid_transform(vertices, view.eye, matrix)
     else:
         scaled = (vertices - view.eye[:, None]) @ matrix.transpose(1, 2)
-    fvz, fvi, fnz = face_inputs(scaled, faces, camera, "warp" if backend == "warp" else "torch")
-    if backend == "warp":  # the same map in one op (no soft mask, face index or packed rows)
+    if backend == "warp":  # the same map in one op (no soft mask, face index or packed rows), per vertex
         unknown = set(raster_options) - {"sigmainv", "boxlen", "knum", "multiplier", "eps"}
         if unknown:
             raise ValueError(f"unknown DIB-R arguments {sorted(unknown)}")
         options = {k: v for k, v in raster_options.items() if k in ("multiplier", "eps")}
-        return depth_map(view.size, view.size, fvz, fvi, fvz, fnz, view.far, scale=-1.0, **options)
+        faces = faces.to(device=vertices.device, dtype=torch.int32).contiguous()
+        vz, vi, fnz = vertex_inputs(scaled, faces, camera, "warp")
+        return depth_map_indexed(view.size, view.size, vz, vi, faces, fnz, view.far, scale=-1.0, **options)
+    fvz, fvi, fnz = face_inputs(scaled, faces, camera, "torch")
     # -depth of the corners (a view of fvz) is interpolated as the feature
     out = rasterize_packed(
         view.size, view.size, fvz, fvi, fvz[..., None], fnz, backend=backend, soft_mask=False,
