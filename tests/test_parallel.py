@@ -457,7 +457,7 @@ def test_replayed_launch_fills_the_struct_warp_builds():
     wp.init()
     cpu = torch.device("cpu")
     cases = [(shading._shade, 1000), (raster._soft_boxes, 300), (shadow._pcf_forward, 77)]
-    cases += [(project._project_faces, (2, 50)), (raster._hard_backward, 9)]
+    cases += [(project._project_vertices, (2, 50)), (raster._hard_backward, 9)]
     for scalar in (wp.float32, wp.float64):
         for kernel, dim in cases:
             concrete = parallel.overload(kernel, scalar)

@@ -10,7 +10,6 @@ import warp_kernels.raster as raster
 from harp_kaolin.render.camera import Camera, face_inputs, vertex_inputs
 from tests.conftest import DEVICES
 from tests.test_raster import EDGE_MARGIN, edge_distance_np, pixel_centres_np
-from warp_kernels.project import project_faces, project_vertices
 from warp_kernels.reference import dibr_rasterization as torch_dibr
 
 FORWARD_TOL = 1e-5  # barycentrics and soft mask against the twin (float32)
@@ -143,40 +142,15 @@ def test_depth_map_indexed_matches_per_face_and_twin(device, two_threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_project_vertices_gathers_to_project_faces(dtype, two_threads):
-    g = torch.Generator().manual_seed(11)
-    points = (torch.randn(3, 40, 3, generator=g) * 0.05 + torch.tensor([0.0, 0.0, 0.5])).to(dtype)
-    faces = torch.stack([torch.randperm(39, generator=g)[:3] for _ in range(70)])
-    intrinsics, size = (410.0, 395.0, 61.0, 58.5), (120, 110)
-    up_z, up_ndc = (
-        torch.randn(3, 70, 3, generator=g).to(dtype),
-        torch.randn(3, 70, 3, 2, generator=g).to(dtype),
-    )
-    grads = []
-    for form in ("vertices", "faces"):
-        p = points.clone().requires_grad_()
-        if form == "vertices":
-            z, ndc, fnz = project_vertices(p, faces, intrinsics, size)
-            fvz, fvi = z[:, faces], ndc[:, faces]
-        else:
-            fvz, fvi, fnz = project_faces(p, faces, intrinsics, size)
-        ((fvz * up_z).sum() + (fvi * up_ndc).sum()).backward()
-        grads.append((fvz, fvi, fnz, p.grad))
-    for a, b in zip(grads[0][:3], grads[1][:3]):
-        assert torch.equal(a, b)
-    assert (grads[0][2] < 0).any() and (grads[0][2] > 0).any()
-    tol = 1e-6 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(grads[0][3], grads[1][3], rtol=0, atol=tol * float(grads[1][3].abs().max()))
-
-
-def test_vertex_inputs_warp_matches_torch():
+def test_vertex_inputs_warp_matches_torch(dtype, two_threads):
     """The Warp projection has the torch function's bits (the facing cosine to rounding, with its sign),
-    the same gradients, and gathered at the faces the inputs are ``face_inputs``."""
+    the same gradients (items split over two threads), and gathered at the faces the inputs are
+    ``face_inputs``."""
     camera = Camera(64, 48, 70.0, 72.0, 31.5, 24.0)
     g = torch.Generator().manual_seed(4)
-    points = torch.randn(2, 25, 3, generator=g) * 0.05 + torch.tensor([0.0, 0.0, 0.4])
+    points = (torch.randn(3, 25, 3, generator=g) * 0.05 + torch.tensor([0.0, 0.0, 0.4])).to(dtype)
     faces = torch.stack([torch.randperm(25, generator=g)[:3] for _ in range(30)])
-    up_z, up_ndc = torch.randn(2, 25, generator=g), torch.randn(2, 25, 2, generator=g)
+    up_z, up_ndc = torch.randn(3, 25, generator=g).to(dtype), torch.randn(3, 25, 2, generator=g).to(dtype)
     results = []
     for backend in ("warp", "torch"):
         p = points.clone().requires_grad_()

@@ -1,23 +1,19 @@
-"""Rasterizer inputs of a mesh seen by a pinhole camera, in one Warp kernel (CPU and CUDA); and the
-bounding sphere that frames the shadow map's light view.
+"""Rasterizer inputs of a mesh seen by a pinhole camera, per vertex, in Warp kernels (CPU and CUDA); the
+light view's rigid transform; and the bounding sphere that frames the shadow map's light view.
 
-The Warp twin of ``harp_kaolin.render.camera.face_inputs`` (see that module for the conventions): per
-batch item b and face f, with the face's vertices ``p_k = points[b, faces[f, k]]`` (OpenCV camera
-coordinates, z > 0),
+The Warp twin of ``harp_kaolin.render.camera.vertex_inputs`` (see that module for the conventions): per
+batch item b, point v (OpenCV camera coordinates ``(x_v, y_v, z_v)``, z > 0) and face f,
 
-    face_vertices_z[b, f, k]        = -z_k
-    face_vertices_image[b, f, k]    = (2 (fx x_k / z_k + cx) / W - 1,  1 - 2 (fy y_k / z_k + cy) / H)
-    face_normals_z[b, f]            = cos(outward normal, direction from the centroid to the eye)
+    vertices_z[b, v]        = -z_v
+    vertices_image[b, v]    = (2 (fx x_v / z_v + cx) / W - 1,  1 - 2 (fy y_v / z_v + cy) / H)
+    face_normals_z[b, f]    = cos(outward normal, direction from the centroid to the eye)
 
 computed with the same float operations in the same order as the torch function, so both give the same
-bits (no FMA contraction here). Each point is projected once (``_project_vertices``) and its faces
-gather it. The facing cosine carries no gradient, as in the torch function. The backward sums the
-corner gradients of ``face_vertices_z`` and ``face_vertices_image`` per point, then applies the
-projection's derivative once per point (hand-written adjoints); on CPU the batch is split over threads
-(``warp_kernels.parallel``), whole items per thread, so no two threads ever add into the same point.
-
-It replaces, for the Warp backend, a gather of 3 x F corners from V points per item and some thirty
-elementwise torch operations over B x F faces (and their backward index_add).
+bits (no FMA contraction here; the facing cosine to rounding, never its sign). The rasterizer reads each
+face's corners through the faces (``raster.dibr_rasterization_indexed``); ``camera.face_inputs`` gathers
+them for Kaolin's per-face arguments. The facing cosine carries no gradient, as in the torch function.
+The backward applies the projection's derivative per point (hand-written adjoint); on CPU the batch is
+split over threads (``warp_kernels.parallel``), whole items per thread.
 """
 
 from __future__ import annotations
@@ -49,8 +45,7 @@ def _project_vertices(
     depth: wp.array2d(dtype=Any),
     chunk: int,
 ):
-    """NDC position of ``chunk`` points per thread (each point once: its faces gather it), and ``-z`` into
-    ``depth`` unless it is empty."""
+    """NDC position and ``-z`` (``depth``) of ``chunk`` points per thread."""
     b, q = wp.tid()
     two = type(fx)(2.0)
     one = type(fx)(1.0)
@@ -60,83 +55,35 @@ def _project_vertices(
         w = fy * points[b, v, 1] / z + cy
         ndc[b, v, 0] = two * u / width - one
         ndc[b, v, 1] = one - two * w / height
-        if depth.shape[0] > 0:
-            depth[b, v] = -z
-
-
-@wp.func
-def _facing(points: wp.array3d(dtype=Any), b: int, i0: int, i1: int, i2: int):
-    """The facing cosine of face (i0, i1, i2) of item b, operation for operation as camera.face_inputs."""
-    p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
-    p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
-    p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
-    e1 = p1 - p0
-    e2 = p2 - p0
-    three = type(p0[0])(3.0)
-    nx = e1[1] * e2[2] - e1[2] * e2[1]
-    ny = e1[2] * e2[0] - e1[0] * e2[2]
-    nz = e1[0] * e2[1] - e1[1] * e2[0]
-    tx = -(p0[0] + p1[0] + p2[0]) / three
-    ty = -(p0[1] + p1[1] + p2[1]) / three
-    tz = -(p0[2] + p1[2] + p2[2]) / three
-    dot = nx * tx + ny * ty + nz * tz
-    n2 = nx * nx + ny * ny + nz * nz
-    t2 = tx * tx + ty * ty + tz * tz
-    return dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(p0[0])(TINY))
-
-
-@wp.kernel
-def _project_faces(
-    points: wp.array3d(dtype=Any),
-    ndc: wp.array3d(dtype=Any),
-    faces: wp.array2d(dtype=wp.int32),
-    fvz: wp.array3d(dtype=Any),
-    fvi: wp.array4d(dtype=Any),
-    fnz: wp.array2d(dtype=Any),
-    chunk: int,
-):
-    """Rasterizer inputs of ``chunk`` faces per thread (a thread per face costs more on CPU): the corners'
-    ``-z`` and NDC positions (``_project_vertices``) and the facing cosine."""
-    b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        for k in range(3):
-            v = faces[f, k]
-            fvz[b, f, k] = -points[b, v, 2]
-            fvi[b, f, k, 0] = ndc[b, v, 0]
-            fvi[b, f, k, 1] = ndc[b, v, 1]
-        fnz[b, f] = _facing(points, b, faces[f, 0], faces[f, 1], faces[f, 2])
+        depth[b, v] = -z
 
 
 @wp.kernel
 def _face_cosines(
     points: wp.array3d(dtype=Any), faces: wp.array2d(dtype=wp.int32), fnz: wp.array2d(dtype=Any), chunk: int
 ):
-    """The facing cosine alone of ``chunk`` faces per thread (``project_vertices``: the rasterizer reads
-    the corners through the faces)."""
+    """The facing cosine of ``chunk`` faces per thread, operation for operation as camera.vertex_inputs."""
     b, q = wp.tid()
     for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        fnz[b, f] = _facing(points, b, faces[f, 0], faces[f, 1], faces[f, 2])
-
-
-@wp.kernel
-def _project_faces_backward(
-    faces: wp.array2d(dtype=wp.int32),
-    adj_fvz: wp.array3d(dtype=Any),
-    adj_fvi: wp.array4d(dtype=Any),
-    adj_ndc: wp.array3d(dtype=Any),
-    adj_points: wp.array3d(dtype=Any),
-    chunk: int,
-):
-    """The corners' gradients summed per point: NDC ones into ``adj_ndc``, minus those of ``fvz``
-    (``-z``) into ``adj_points``'s z (both come zeroed); ``adj_fvz`` may be empty."""
-    b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        for k in range(3):
-            v = faces[f, k]
-            wp.atomic_add(adj_ndc, b, v, 0, adj_fvi[b, f, k, 0])
-            wp.atomic_add(adj_ndc, b, v, 1, adj_fvi[b, f, k, 1])
-            if adj_fvz.shape[0] > 0:
-                wp.atomic_sub(adj_points, b, v, 2, adj_fvz[b, f, k])
+        i0 = faces[f, 0]
+        i1 = faces[f, 1]
+        i2 = faces[f, 2]
+        p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
+        p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
+        p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])
+        e1 = p1 - p0
+        e2 = p2 - p0
+        three = type(p0[0])(3.0)
+        nx = e1[1] * e2[2] - e1[2] * e2[1]
+        ny = e1[2] * e2[0] - e1[0] * e2[2]
+        nz = e1[0] * e2[1] - e1[1] * e2[0]
+        tx = -(p0[0] + p1[0] + p2[0]) / three
+        ty = -(p0[1] + p1[1] + p2[1]) / three
+        tz = -(p0[2] + p1[2] + p2[2]) / three
+        dot = nx * tx + ny * ty + nz * tz
+        n2 = nx * nx + ny * ny + nz * nz
+        t2 = tx * tx + ty * ty + tz * tz
+        fnz[b, f] = dot / wp.max(wp.sqrt(n2) * wp.sqrt(t2), type(p0[0])(TINY))
 
 
 @wp.kernel
@@ -321,93 +268,6 @@ def _rigid_transform_backward(
 parallel.declare_float_overloads(globals())
 
 
-class _ProjectFaces(torch.autograd.Function):
-    @staticmethod
-    @parallel.serial
-    def forward(ctx, points, faces, intrinsics, size):
-        wp.init()  # no-op after the first call; Warp is never initialized at import
-        points = points.detach().contiguous()
-        batch, count, n = points.shape[0], faces.shape[0], points.shape[1]
-        fx, fy, cx, cy = (parallel.scalar(points.dtype, v) for v in intrinsics)
-        width, height = (parallel.scalar(points.dtype, float(v)) for v in size)
-        fvz = points.new_empty(batch, count, 3)
-        fvi = points.new_empty(batch, count, 3, 2)
-        fnz = points.new_empty(batch, count)
-        ndc = points.new_empty(batch, n, 2)
-        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
-        threads, point_threads = -(-count // chunk), -(-n // chunk)
-
-        steps = []
-        for sl in parallel.split(points.device, batch, min_items=1) if batch and count else []:
-            items = sl.stop - sl.start
-            vertex_args = [points[sl], fx, fy, cx, cy, width, height, ndc[sl], points.new_empty(0, 0), chunk]
-            face_args = [points[sl], ndc[sl], faces, fvz[sl], fvi[sl], fnz[sl], chunk]
-            steps.append([
-                (_project_vertices, (items, point_threads), vertex_args),
-                (_project_faces, (items, threads), face_args),
-            ])  # fmt: skip
-        parallel.run_launches(points.device, __name__, steps)
-        ctx.save_for_backward(points, faces)
-        ctx.constants = (fx, fy, width, height)
-        ctx.mark_non_differentiable(fnz)
-        ctx.set_materialize_grads(False)  # no zeros for the outputs without a gradient (fnz, often fvz)
-        return fvz, fvi, fnz
-
-    @staticmethod
-    @parallel.serial
-    def backward(ctx, adj_fvz, adj_fvi, _adj_fnz):
-        points, faces = ctx.saved_tensors
-        if adj_fvz is None and adj_fvi is None:
-            return None, None, None, None
-        batch, count, n = points.shape[0], faces.shape[0], points.shape[1]
-        adj_points = torch.empty_like(points)
-        adj_ndc = points.new_empty(batch, n, 2)
-        if adj_fvi is None:
-            adj_fvi = points.new_zeros(batch, count, 3, 2)
-        adj_fvi = adj_fvi.contiguous()
-        adj_fvz = points.new_zeros(0, 1, 1) if adj_fvz is None else adj_fvz.contiguous()
-        chunk = FACE_CHUNK if points.device.type == "cpu" else 1
-        threads, point_threads = -(-count // chunk), -(-n // chunk)
-
-        steps = []
-        for sl in parallel.split(points.device, batch, min_items=1) if batch and count else []:
-            items = sl.stop - sl.start
-            acc_ndc, acc_points = adj_ndc[sl], adj_points[sl]  # zeroed by the part itself
-            fvz = adj_fvz[sl] if adj_fvz.shape[0] else adj_fvz
-            face_args = [faces, fvz, adj_fvi[sl], acc_ndc, acc_points, chunk]
-            vertex_args = [points[sl], *ctx.constants, acc_ndc, points.new_empty(0, 0), acc_points, chunk]
-            steps.append([
-                acc_ndc.zero_,
-                acc_points.zero_,
-                (_project_faces_backward, (items, threads), face_args),
-                (_project_vertices_backward, (items, point_threads), vertex_args),
-            ])  # fmt: skip
-        parallel.run_launches(points.device, __name__, steps)
-        if not steps:
-            adj_points.zero_()
-        return adj_points, None, None, None
-
-
-def project_faces(
-    points: Tensor, faces: Tensor, intrinsics: tuple[float, float, float, float], size: tuple[int, int]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Rasterizer inputs of meshes seen by a pinhole camera (the Warp twin of ``camera.face_inputs``).
-
-    Args:
-        points: (B, V, 3) OpenCV camera coordinates (z > 0), float32 or float64.
-        faces: (F, 3) integer vertex indices, counter-clockwise seen from outside, all in [0, V).
-        intrinsics: (fx, fy, cx, cy) in pixels.
-        size: (width, height) in pixels.
-
-    Returns:
-        face_vertices_z (B, F, 3) = -z, face_vertices_image (B, F, 3, 2) NDC y up, face_normals_z (B, F)
-        (no gradient); differentiable w.r.t. ``points`` through the first two.
-    """
-    _check_projection(points, faces)
-    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
-    return _ProjectFaces.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
-
-
 class _ProjectVertices(torch.autograd.Function):
     @staticmethod
     @parallel.serial
@@ -464,8 +324,8 @@ def project_vertices(
     points: Tensor, faces: Tensor, intrinsics: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Rasterizer inputs per point, for the rasterizer's indexed form (``raster.dibr_rasterization_indexed``,
-    ``raster.depth_map_indexed``), which reads each face's corners through ``faces``: the same numbers as
-    ``project_faces`` without gathering them per face corner (nor scattering their gradients back).
+    ``raster.depth_map_indexed``), which reads each face's corners through ``faces`` (the Warp twin of
+    ``harp_kaolin.render.camera.vertex_inputs``).
 
     Args:
         points: (B, V, 3) OpenCV camera coordinates (z > 0), float32 or float64.
@@ -475,21 +335,16 @@ def project_vertices(
 
     Returns:
         vertices_z (B, V) = -z, vertices_image (B, V, 2) NDC y up, face_normals_z (B, F) (no gradient);
-        differentiable w.r.t. ``points`` through the first two. ``project_faces``'s outputs are these
-        gathered at ``faces``, bit for bit.
+        differentiable w.r.t. ``points`` through the first two.
     """
-    _check_projection(points, faces)
-    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
-    return _ProjectVertices.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
-
-
-def _check_projection(points: Tensor, faces: Tensor) -> None:
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must have shape (B, V, 3), got {tuple(points.shape)}")
     if points.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"points must be float32 or float64, got {points.dtype}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
+    faces = faces.to(device=points.device, dtype=torch.int32).contiguous()
+    return _ProjectVertices.apply(points, faces, tuple(float(v) for v in intrinsics), tuple(size))
 
 
 class _RigidTransform(torch.autograd.Function):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from harp_kaolin.geometry import gather_corners
-from warp_kernels.project import project_faces, project_vertices
+from warp_kernels.project import project_vertices
 
 _TINY = 1e-20  # guards the normalization of degenerate faces (their cosine is then 0)
 
@@ -121,22 +121,15 @@ def face_inputs(
         vertices_cam: (B, V, 3) OpenCV camera coordinates (z > 0).
         faces: (F, 3) vertex indices, counter-clockwise seen from outside.
         camera: the pinhole camera.
-        backend: "torch" (this function's torch code) or "warp" (its Warp twin,
-            ``warp_kernels.project.project_faces``: one kernel, the same bits, faster on CPU).
+        backend: "torch" or "warp": how the vertices are projected (``vertex_inputs``, the same bits).
 
     Returns:
         face_vertices_z (B, F, 3) = -depth, face_vertices_image (B, F, 3, 2) NDC y up, and
         face_normals_z (B, F): cosine between the outward normal and the direction to the camera.
     """
-    _check_faces(vertices_cam, faces)
-    if backend == "warp":
-        intrinsics = (camera.fx, camera.fy, camera.cx, camera.cy)
-        return project_faces(vertices_cam, faces, intrinsics, (camera.width, camera.height))
-    if backend != "torch":
-        raise ValueError(f"backend must be 'torch' or 'warp', got {backend!r}")
+    z, ndc, face_normals_z = vertex_inputs(vertices_cam, faces, camera, backend)
     faces = faces.long()
-    ndc, z = project_to_ndc(vertices_cam, camera)
-    return gather_corners(z, faces), gather_corners(ndc, faces), _face_normals_z(vertices_cam, faces)
+    return gather_corners(z, faces), gather_corners(ndc, faces), face_normals_z
 
 
 def vertex_inputs(
@@ -144,7 +137,7 @@ def vertex_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Rasterizer inputs per vertex, for the rasterizer's indexed form
     (``warp_kernels.raster.dibr_rasterization_indexed``), which reads each face's corners through
-    ``faces``: ``face_inputs``'s corner arrays before they are gathered.
+    ``faces``; ``face_inputs`` gathers them at the faces for Kaolin's per-face arguments.
 
     Args:
         vertices_cam, faces, camera: as ``face_inputs``.
