@@ -23,6 +23,18 @@ wp.set_module_options({"enable_backward": False})
 
 
 @wp.func
+def nonneg(i: int):
+    """``max(i, 0)``: the same index, which the compiler then knows to be non-negative. For indices that
+    are non-negative anyway: thread indices, and indices that the host validated.
+
+    Warp's array accessors wrap negative indices Python-style, a compare per dimension at every access.
+    LLVM drops those compares for an index that it can prove non-negative, so a kernel that reads and
+    adds into many (B, N, 3) and (B, C, H, W) arrays through a few indices marks them once (DESIGN.md,
+    session 20: a few percent of the shading kernels' CPU time)."""
+    return wp.max(i, 0)
+
+
+@wp.func
 def packed_pixel(
     bary: wp.array2d(dtype=Any),
     batch_index: wp.array(dtype=wp.int32),
@@ -31,9 +43,14 @@ def packed_pixel(
     k: int,
 ):
     """Packed pixel k's batch item b, face f, the face's vertices i0 i1 i2 and its barycentrics w0 w1 w2
-    (the gather every per-pixel kernel starts with: here and in ``warp_kernels.shading``)."""
-    f = face[k]
-    return batch_index[k], f, faces[f, 0], faces[f, 1], faces[f, 2], bary[k, 0], bary[k, 1], bary[k, 2]
+    (the gather every per-pixel kernel starts with: here and in ``warp_kernels.shading``); the indices
+    marked non-negative (``nonneg``: the host checked them)."""
+    f = nonneg(face[k])
+    b = nonneg(batch_index[k])
+    i0 = nonneg(faces[f, 0])
+    i1 = nonneg(faces[f, 1])
+    i2 = nonneg(faces[f, 2])
+    return b, f, i0, i1, i2, bary[k, 0], bary[k, 1], bary[k, 2]
 
 
 @parallel.chunked

@@ -25,6 +25,7 @@ import warp as wp
 from torch import Tensor
 
 from warp_kernels import parallel
+from warp_kernels.interpolate import nonneg
 
 wp.set_module_options({"enable_backward": False, "fuse_fp": False})
 
@@ -64,10 +65,11 @@ def _face_cosines(
 ):
     """The facing cosine of ``chunk`` faces per thread, operation for operation as camera.vertex_inputs."""
     b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
+    b = nonneg(b)
+    for f in range(nonneg(q * chunk), wp.min(q * chunk + chunk, faces.shape[0])):
+        i0 = nonneg(faces[f, 0])
+        i1 = nonneg(faces[f, 1])
+        i2 = nonneg(faces[f, 2])
         p0 = wp.vector(points[b, i0, 0], points[b, i0, 1], points[b, i0, 2])
         p1 = wp.vector(points[b, i1, 0], points[b, i1, 1], points[b, i1, 2])
         p2 = wp.vector(points[b, i2, 0], points[b, i2, 1], points[b, i2, 2])

@@ -42,7 +42,7 @@ import warp as wp
 from torch import Tensor
 
 from warp_kernels import parallel
-from warp_kernels.interpolate import packed_pixel
+from warp_kernels.interpolate import nonneg, packed_pixel
 
 # Every kernel's gradient is a hand-written kernel: Warp's generated adjoints are not built.
 wp.set_module_options({"enable_backward": False})
@@ -103,10 +103,11 @@ def _taps(height: int, width: int, u: Any, v: Any):
     y0f = wp.floor(y)
     x0 = int(x0f)
     y0 = int(y0f)
-    xa = wp.clamp(x0, 0, width - 1)
-    xb = wp.clamp(x0 + 1, 0, width - 1)
-    ya = wp.clamp(y0, 0, height - 1)
-    yb = wp.clamp(y0 + 1, 0, height - 1)
+    # (nonneg: a clamp to [0, n - 1] alone does not tell the compiler that n >= 1)
+    xa = nonneg(wp.clamp(x0, 0, width - 1))
+    xb = nonneg(wp.clamp(x0 + 1, 0, width - 1))
+    ya = nonneg(wp.clamp(y0, 0, height - 1))
+    yb = nonneg(wp.clamp(y0 + 1, 0, height - 1))
     return xa, xb, ya, yb, x - x0f, y - y0f
 
 
@@ -240,19 +241,19 @@ def _shade(
     # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
     k_a = ambient[0] * type(ambient[0])(0.0)
-    for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
+    for tid in range(nonneg(q * chunk), wp.min(q * chunk + chunk, bary.shape[0])):
         b, f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, tid)
         one = type(w0)(1.0)
         zero = type(w0)(0.0)
         eps = type(w0)(NORMALIZE_EPS)
         n = w0 * _corner(normals, b, i0) + w1 * _corner(normals, b, i1)
         n = n + w2 * _corner(normals, b, i2)
-        wa = face_wedges[f, 0]
-        t = w0 * _corner(tangents, b, wa) + w1 * _corner(tangents, b, face_wedges[f, 1])
-        t = t + w2 * _corner(tangents, b, face_wedges[f, 2])
-        ua = face_uvs[f, 0]
-        ub = face_uvs[f, 1]
-        uc = face_uvs[f, 2]
+        wa = nonneg(face_wedges[f, 0])
+        t = w0 * _corner(tangents, b, wa) + w1 * _corner(tangents, b, nonneg(face_wedges[f, 1]))
+        t = t + w2 * _corner(tangents, b, nonneg(face_wedges[f, 2]))
+        ua = nonneg(face_uvs[f, 0])
+        ub = nonneg(face_uvs[f, 1])
+        uc = nonneg(face_uvs[f, 2])
         u = w0 * uvs[ua, 0] + w1 * uvs[ub, 0] + w2 * uvs[uc, 0]
         v = w0 * uvs[ua, 1] + w1 * uvs[ub, 1] + w2 * uvs[uc, 1]
         bt = signs[wa] * wp.cross(n, t)
@@ -312,18 +313,18 @@ def _shade_backward(
     # k_a = sigmoid(ambient[b]) once per run of pixels of one item (they come sorted by item)
     item = wp.int32(-1)  # a dynamic variable (assigned in the loop)
     k_a = ambient[0] * type(ambient[0])(0.0)
-    for tid in range(q * chunk, wp.min(q * chunk + chunk, bary.shape[0])):
+    for tid in range(nonneg(q * chunk), wp.min(q * chunk + chunk, bary.shape[0])):
         b, f, i0, i1, i2, w0, w1, w2 = packed_pixel(bary, batch_index, face, faces, tid)
         one = type(w0)(1.0)
         zero = type(w0)(0.0)
         eps = type(w0)(NORMALIZE_EPS)
         # Forward, keeping what the adjoint needs.
-        j0 = face_wedges[f, 0]
-        j1 = face_wedges[f, 1]
-        j2 = face_wedges[f, 2]
-        ua = face_uvs[f, 0]
-        ub = face_uvs[f, 1]
-        uc = face_uvs[f, 2]
+        j0 = nonneg(face_wedges[f, 0])
+        j1 = nonneg(face_wedges[f, 1])
+        j2 = nonneg(face_wedges[f, 2])
+        ua = nonneg(face_uvs[f, 0])
+        ub = nonneg(face_uvs[f, 1])
+        uc = nonneg(face_uvs[f, 2])
         u = saved[tid, 0]
         v = saved[tid, 1]
         n0 = _corner(normals, b, i0)
@@ -603,9 +604,9 @@ def _length_grad(e: Any, length: Any, g: Any):
 @wp.func
 def _uv_frame(uvs: wp.array2d(dtype=Any), face_uvs: wp.array2d(dtype=wp.int32), f: int):
     """UV derivatives d1v, d2v of a face (corner 0 -> 1, 0 -> 2) and the sign of its UV area."""
-    ua = face_uvs[f, 0]
-    ub = face_uvs[f, 1]
-    uc = face_uvs[f, 2]
+    ua = nonneg(face_uvs[f, 0])
+    ub = nonneg(face_uvs[f, 1])
+    uc = nonneg(face_uvs[f, 2])
     d1u = uvs[ub, 0] - uvs[ua, 0]
     d1v = uvs[ub, 1] - uvs[ua, 1]
     d2u = uvs[uc, 0] - uvs[ua, 0]
@@ -678,10 +679,11 @@ def _face_frames(
     corner k lies between edges k and k - 1. With ``mark`` (B, V) not empty, only the faces with a
     marked corner (``_touches_mark``)."""
     b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
+    b = nonneg(b)
+    for f in range(nonneg(q * chunk), wp.min(q * chunk + chunk, faces.shape[0])):
+        i0 = nonneg(faces[f, 0])
+        i1 = nonneg(faces[f, 1])
+        i2 = nonneg(faces[f, 2])
         if not _touches_mark(mark, b, i0, i1, i2):
             continue
         e0, e1, e2 = _edges(vertices, b, i0, i1, i2)
@@ -701,9 +703,9 @@ def _face_frames(
         angles[b, f, 0] = a0
         angles[b, f, 1] = a1
         angles[b, f, 2] = a2
-        _add3(acc_t, b, face_wedges[f, 0], ft * a0)
-        _add3(acc_t, b, face_wedges[f, 1], ft * a1)
-        _add3(acc_t, b, face_wedges[f, 2], ft * a2)
+        _add3(acc_t, b, nonneg(face_wedges[f, 0]), ft * a0)
+        _add3(acc_t, b, nonneg(face_wedges[f, 1]), ft * a1)
+        _add3(acc_t, b, nonneg(face_wedges[f, 2]), ft * a2)
 
 
 @wp.kernel
@@ -726,10 +728,11 @@ def _face_frames_backward(
     dc_k/de_k = -e_{k-1} / (L_k L_{k-1}) and dc_k/dL_k = -c_k / L_k.
     """
     b, q = wp.tid()
-    for f in range(q * chunk, wp.min(q * chunk + chunk, faces.shape[0])):
-        i0 = faces[f, 0]
-        i1 = faces[f, 1]
-        i2 = faces[f, 2]
+    b = nonneg(b)
+    for f in range(nonneg(q * chunk), wp.min(q * chunk + chunk, faces.shape[0])):
+        i0 = nonneg(faces[f, 0])
+        i1 = nonneg(faces[f, 1])
+        i2 = nonneg(faces[f, 2])
         if not _touches_mark(mark, b, i0, i1, i2):
             continue
         e0, e1, e2 = _edges(vertices, b, i0, i1, i2)
@@ -752,9 +755,9 @@ def _face_frames_backward(
         c0 = -wp.dot(e0, e2) / (l0 * l2)
         c1 = -wp.dot(e1, e0) / (l1 * l0)
         c2 = -wp.dot(e2, e1) / (l2 * l1)
-        g0 = _corner(adj_acc_t, b, face_wedges[f, 0])
-        g1 = _corner(adj_acc_t, b, face_wedges[f, 1])
-        g2 = _corner(adj_acc_t, b, face_wedges[f, 2])
+        g0 = _corner(adj_acc_t, b, nonneg(face_wedges[f, 0]))
+        g1 = _corner(adj_acc_t, b, nonneg(face_wedges[f, 1]))
+        g2 = _corner(adj_acc_t, b, nonneg(face_wedges[f, 2]))
         g_ft = g0 * angles[b, f, 0] + g1 * angles[b, f, 1] + g2 * angles[b, f, 2]
         g_raw = _unit_grad(raw, unit, g_ft * sign, tiny)
         g_e0 += d2v * g_raw
@@ -1016,7 +1019,7 @@ def _composite_background(
 
     A ``while`` loop: on CPU LLVM unrolls it (4 pixels per iteration), not the ``for ... in range`` form
     Warp emits for runtime bounds: 1.2 against 1.9 ms for the 802k pixels of four 448 x 448 images."""
-    p = wp.tid() * chunk
+    p = nonneg(wp.tid() * chunk)
     end = wp.min(p + chunk, mask.shape[0])
     b0 = background[0]
     b1 = background[1]
