@@ -1243,13 +1243,18 @@ def _compute_centres(height: int, width: int, multiplier: float, dtype: torch.dt
     return xs.to(dtype), ys.to(dtype)
 
 
+def _check_sizes(height, width, knum) -> None:
+    """height, width and knum must be positive ints (both rasterizer forms' checks)."""
+    for name, value in (("height", height), ("width", width), ("knum", knum)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def check_dibr_inputs(
     height, width, face_vertices_z, face_vertices_image, face_features, face_normals_z, knum
 ):
     """Validate ``dibr_rasterization`` arguments; raise ValueError naming the argument."""
-    for name, value in (("height", height), ("width", width), ("knum", knum)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_sizes(height, width, knum)
     image = face_vertices_image
     if not torch.is_tensor(image) or image.ndim != 4 or image.shape[2:] != (3, 2):
         got = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
@@ -1973,9 +1978,7 @@ def dibr_rasterization_packed(
 def check_indexed_inputs(height, width, vertices_z, vertices_image, faces, face_normals_z, knum=30):
     """Validate the arguments of the indexed rasterizer (``dibr_rasterization_indexed``,
     ``depth_map_indexed``); raise ValueError naming the argument."""
-    for name, value in (("height", height), ("width", width), ("knum", knum)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_sizes(height, width, knum)
     image = vertices_image
     if not torch.is_tensor(image) or image.ndim != 3 or image.shape[2] != 2:
         got = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
