@@ -1825,6 +1825,15 @@ def _corner_features(face_features: torch.Tensor) -> torch.Tensor:
     return face_features.reshape(batch, faces * 3, dims)
 
 
+def _check_empty(empty, like: torch.Tensor) -> torch.Tensor:
+    """``empty`` (the depth maps' value where no face covers a pixel) as a (B,) tensor of ``like``'s dtype
+    and device, B = ``like.shape[0]``; else a ValueError."""
+    batch = like.shape[0]
+    if not torch.is_tensor(empty) or empty.shape != (batch,):
+        raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
+    return empty.to(dtype=like.dtype, device=like.device)
+
+
 def depth_map(
     height,
     width,
@@ -1864,10 +1873,7 @@ def depth_map(
     check_dibr_inputs(*args, 1)
     if values.shape[-1] != 1:
         raise ValueError(f"face_values must have shape (B, F, 3), got {tuple(face_values.shape)}")
-    batch = face_vertices_image.shape[0]
-    if not torch.is_tensor(empty) or empty.shape != (batch,):
-        raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
-    empty = empty.to(dtype=face_vertices_image.dtype, device=face_vertices_image.device)
+    empty = _check_empty(empty, face_vertices_image)
     vz, vi, corner = _corner_mesh(face_vertices_z, face_vertices_image)
     # views of the same memory when face_values is face_vertices_z (the map is then the scaled z-buffer)
     values = face_values.reshape(vz.shape)
@@ -2075,10 +2081,7 @@ def depth_map_indexed(
         (B, H, W) map, ``empty`` (B,) where no face covers a pixel.
     """
     check_indexed_inputs(height, width, vertices_z, vertices_image, faces, face_normals_z)
-    batch = vertices_image.shape[0]
-    if not torch.is_tensor(empty) or empty.shape != (batch,):
-        raise ValueError(f"empty must be a tensor of shape ({batch},), got {getattr(empty, 'shape', empty)}")
-    empty = empty.to(dtype=vertices_image.dtype, device=vertices_image.device)
+    empty = _check_empty(empty, vertices_image)
     return _DepthMap.apply(
         height, width, vertices_z, vertices_image, faces.view(-1), vertices_z, face_normals_z, empty,
         float(multiplier), float(eps), float(scale),
