@@ -15,7 +15,7 @@ import json
 import statistics
 
 import torch
-from timing import time_ms
+from timing import device_name, time_ms
 
 from warp_kernels.arap import arap_energy
 from warp_kernels.laplacian import laplacian_smoothing
@@ -71,7 +71,7 @@ def run(batch: int, device: str, repeats: int, warmup: int) -> dict:
         "torch_ms": round(median["total"]["torch"], 3),
         "speedup": round(median["total"]["torch"] / median["total"]["warp"], 2),
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "mesh": "anny hand, subdivide=1",
         "batch": batch,

@@ -28,7 +28,7 @@ import statistics
 import time
 
 import torch
-from timing import sync, time_ms
+from timing import device_name, sync, time_ms
 
 BACKENDS = ("warp", "torch")
 TEXTURE_SIZE = 512  # HARP's albedo and normal map resolution
@@ -249,7 +249,7 @@ def run(
         "speedup_paired": round(statistics.median(ratios), 2),
         "speedup_rounds": [round(r, 2) for r in ratios],
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "mesh": "anny hand, subdivide=1",
         "size": size,

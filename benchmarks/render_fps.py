@@ -22,6 +22,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from timing import device_name
 
 TEXTURE_SIZE = 512  # HARP's albedo and normal map resolution
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         "fps": round(fps, 2),
         "ms_per_frame": round(1000.0 / fps, 2),
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device_name": device_name(args.device),
         "size": args.size,
         "width": camera["width"],
         "height": camera["height"],

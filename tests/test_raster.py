@@ -663,3 +663,37 @@ def test_soft_mask_gradient_with_zero_factors(monkeypatch, shared, sequential):
     else:  # only the zero factor's own term: d soft / d corner x = prod(other factors) * s * 2 dx
         assert grads[1][0, 0, 0, 0] != 0 and not grads[1][0, 1:].any()
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("knum", [3, 12])
+def test_soft_stream_lanes_match_generic_kernel(monkeypatch, knum, cpu_chunk):
+    """The float32 CPU soft stream in SIMD lanes (``_soft_stream_simd``) gives the generic kernel's soft
+    mask and gradients bit for bit (the same operations, the same exp), on a scene where faces have more
+    open pixels than its entry buffer (flushed mid-face), runs of 8 and remainders, and pixels capped at
+    ``knum``."""
+    fvz, fvi, feats, fnz = random_scene(batch=2, faces=80, seed=5, size=0.25)
+    launched, streams = [], []
+    launch = parallel.launch_tensors
+    monkeypatch.setattr(parallel, "launch_tensors", lambda k, *a: (launched.append(k.key), launch(k, *a)))
+    soft_mask = raster._soft_mask
+    monkeypatch.setattr(raster, "_soft_mask", lambda *a: streams.append(soft_mask(*a)) or streams[-1])
+    results = []
+    for simd in (True, False):
+        monkeypatch.setattr(raster, "SIMD_CPU", simd)
+        launched.clear()
+        vi = fvi.clone().requires_grad_()
+        out, soft, idx = warp_dibr(61, 67, fvz, vi, feats, fnz, knum=knum, boxlen=0.15)
+        (soft.square().sum() + out[0].sum()).backward()
+        assert ("_soft_stream_simd" in launched) == simd and ("_soft_stream" in launched) != simd
+        results.append((out[0], soft, idx, vi.grad))
+    for a, b in zip(results[0], results[1]):
+        assert torch.equal(a, b)
+    per_face, per_pixel = [], []
+    for stream in streams[: len(streams) // 2]:  # the SIMD run's (one per thread's part of the batch)
+        ends = stream.face_end.long()
+        per_face.append(ends - torch.cat([ends.new_zeros(1), ends[:-1]]))
+        entries = stream.cells[: int(ends[-1])].long() >> 3  # _cell: row << 15 | column
+        per_pixel.append(torch.unique(entries, return_counts=True)[1])
+    per_face, per_pixel = torch.cat(per_face), torch.cat(per_pixel)
+    assert int(per_face.max()) > 64 and ((per_face % 8) != 0).any()
+    assert int(per_pixel.max()) == knum  # pixels capped (up to 17 faces hold one pixel here)

@@ -27,7 +27,7 @@ import torch
 import warp as wp
 from torch import Tensor
 
-from warp_kernels import parallel
+from warp_kernels import lanes, parallel
 
 # Gradients come from a hand-written adjoint kernel (about 3x faster than Warp's generated one here).
 wp.set_module_options({"enable_backward": False})
@@ -189,32 +189,21 @@ for _t in (wp.float32, wp.float64):
 # Warp's CPU code is scalar: LLVM does not vectorize a kernel's loop over points, nor the 9 taps of one point
 # (an inline exp instead of libm's, so that the SLP vectorizer could pack the taps, stayed scalar and was
 # slower). This native function runs the same forward on 8 points at a time in clang vector types
-# (``ext_vector_type``, lowered to AVX on CPUs that have it, to narrower SIMD otherwise): the 4 x 4 texel
-# blocks are gathered lane by lane, then the bilinear taps, the sigmoid and the sum run in vector registers.
-# Its exp is Cephes' single-precision polynomial (relative error below 2e-7; libm's ``expf`` is a scalar
-# call), used by the scalar remainder too, so a point's value does not depend on its place in a run of 8. The
-# CUDA build of the module compiles only the scalar loop, with CUDA's ``expf``; the renderer never launches
-# this kernel on CUDA or in float64 (``pcf_forward_kernel``): there the generic ``_pcf_forward`` runs.
-_PCF_SIMD = r"""
+# (``warp_kernels.lanes``): the 4 x 4 texel blocks are gathered lane by lane, then the bilinear taps, the
+# sigmoid and the sum run in vector registers. Its exp is Cephes' single-precision polynomial (relative
+# error below 2e-7; libm's ``expf`` is a scalar call), used by the scalar remainder too, so a point's value
+# does not depend on its place in a run of 8. The CUDA build of the module compiles only the scalar loop,
+# with CUDA's ``expf``; the renderer never launches this kernel on CUDA or in float64
+# (``pcf_forward_kernel``): there the generic ``_pcf_forward`` runs.
+_PCF_SIMD = (
+    r"""
 #if defined(__CUDA_ARCH__)
 auto pcf_exp = [](float a) -> float { return expf(a); };
 #else
-auto exp_poly = [](auto a, auto n) {  // e^(a - n ln 2), Cephes' reduction and polynomial: float or 8 lanes
-    decltype(a) r = a - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    decltype(a) y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    return y * (r * r) + r + 1.0f;
-};
-auto pcf_exp = [&](float a) -> float {  // a <= 0
-    a = a < -87.33654f ? -87.33654f : a;
-    const float n = floorf(a * 1.44269504088896341f + 0.5f);
-    return exp_poly(a, n) * __builtin_bit_cast(float, ((int)n + 127) << 23);
-};
+"""
+    + lanes.CPU_LANES
+    + r"""
+auto pcf_exp = cephes_exp;
 #endif
 const int height = depth_map.shape[1];
 const int width = depth_map.shape[2];
@@ -222,21 +211,6 @@ const bool keep = taps.shape[0] > 0;
 auto clamp = [](int v, int hi) -> int { return v < 0 ? 0 : (v > hi ? hi : v); };  // border texels repeat
 int i = start;
 #if !defined(__CUDA_ARCH__)
-typedef float v8f __attribute__((ext_vector_type(8)));
-typedef int v8i __attribute__((ext_vector_type(8)));
-auto pick = [](v8i m, v8f a, v8f b) -> v8f {  // a where m (all bits set), else b
-    return __builtin_bit_cast(v8f, (m & __builtin_bit_cast(v8i, a)) | (~m & __builtin_bit_cast(v8i, b)));
-};
-auto vfloor = [&](v8f x) -> v8f {  // floorf in 8 lanes (beyond 2^23 every float is an integer)
-    v8f t = __builtin_convertvector(__builtin_convertvector(x, v8i), v8f);
-    t = t + __builtin_convertvector(t > x, v8f);  // true is -1
-    return pick(__builtin_bit_cast(v8f, __builtin_bit_cast(v8i, x) & 0x7fffffff) < 8388608.0f, t, x);
-};
-auto vexp = [&](v8f a) -> v8f {  // pcf_exp in 8 lanes
-    a = pick(a < -87.33654f, (v8f)(-87.33654f), a);
-    const v8f n = vfloor(a * 1.44269504088896341f + 0.5f);
-    return exp_poly(a, n) * __builtin_bit_cast(v8f, (__builtin_convertvector(n, v8i) + 127) << 23);
-};
 for (; i + 8 <= end; i += 8) {
     v8f d, fx, fy;
     int b[8];
@@ -306,6 +280,7 @@ for (; i < end; ++i) {  // the remainder (and every point on CUDA), one at a tim
     *wp::address(visibility, i) = total / 9.0f;
 }
 """
+)
 
 
 @wp.func_native(_PCF_SIMD)
