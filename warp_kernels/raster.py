@@ -925,50 +925,44 @@ for (int t = start; t < end; ++t) {
     const float cx = vim.data[p2 * 2], cy = vim.data[p2 * 2 + 1];
     int a = t > 0 ? face_end.data[t - 1] : 0;
     int n = 0;
+    auto nearest = [&](auto x0, auto y0, auto& kind) {  // _soft_dist2 in lanes or one: d2, and its kind
+        auto best = (x0 - ax) * (x0 - ax) + (y0 - ay) * (y0 - ay);
+        kind = 3;  // vertices 0-2 -> kinds 3-5, edges -> 0-2
+        auto closer = [&](auto d, int id) {
+            const auto c = d < best;
+            if constexpr (sizeof(d) == sizeof(float)) {
+                best = c ? d : best;
+                kind = c ? id : kind;
+            } else {
+                best = pick(c, d, best);
+                kind = pick_int(c, (v8i)(id), kind);
+            }
+        };
+        closer((x0 - bx) * (x0 - bx) + (y0 - by) * (y0 - by), 4);
+        closer((x0 - cx) * (x0 - cx) + (y0 - cy) * (y0 - cy), 5);
+        closer(edge(x0, y0, ax, ay, bx, by), 0);
+        closer(edge(x0, y0, bx, by, cx, cy), 1);
+        closer(edge(x0, y0, cx, cy, ax, ay), 2);
+        return best;
+    };
     auto flush = [&]() {  // the n recorded entries: probabilities, then stream and soft mask in order
         int k = 0;
-        for (; k + 8 <= n; k += 8) {  // _soft_dist2 in lanes (vertices 0-2 -> kinds 3-5, edges -> 0-2)
+        for (; k + 8 <= n; k += 8) {
             v8f x0, y0;
             for (int l = 0; l < 8; ++l) {
                 x0[l] = entry_x[k + l];
                 y0[l] = entry_y[k + l];
             }
-            v8f best = (x0 - ax) * (x0 - ax) + (y0 - ay) * (y0 - ay);
-            v8i kind = 3;
-            auto closer = [&](v8f d, int id) {
-                const v8i c = d < best;
-                best = pick(c, d, best);
-                kind = pick_int(c, (v8i)(id), kind);
-            };
-            closer((x0 - bx) * (x0 - bx) + (y0 - by) * (y0 - by), 4);
-            closer((x0 - cx) * (x0 - cx) + (y0 - cy) * (y0 - cy), 5);
-            const float ends[3][4] = {{ax, ay, bx, by}, {bx, by, cx, cy}, {cx, cy, ax, ay}};
-            for (int e = 0; e < 3; ++e) {
-                closer(edge(x0, y0, ends[e][0], ends[e][1], ends[e][2], ends[e][3]), e);
-            }
-            const v8f prob = vexp(-(scale * best));
+            v8i kind;
+            const v8f prob = vexp(-(scale * nearest(x0, y0, kind)));
             for (int l = 0; l < 8; ++l) {
                 entry_prob[k + l] = prob[l];
                 entry_kind[k + l] = kind[l];
             }
         }
         for (; k < n; ++k) {  // the remainder, in the same operations
-            const float x0 = entry_x[k], y0 = entry_y[k];
-            float best = (x0 - ax) * (x0 - ax) + (y0 - ay) * (y0 - ay);
-            int kind = 3;
-            auto closer = [&](float d, int id) {
-                if (d < best) {
-                    best = d;
-                    kind = id;
-                }
-            };
-            closer((x0 - bx) * (x0 - bx) + (y0 - by) * (y0 - by), 4);
-            closer((x0 - cx) * (x0 - cx) + (y0 - cy) * (y0 - cy), 5);
-            const float ends[3][4] = {{ax, ay, bx, by}, {bx, by, cx, cy}, {cx, cy, ax, ay}};
-            for (int e = 0; e < 3; ++e) {
-                closer(edge(x0, y0, ends[e][0], ends[e][1], ends[e][2], ends[e][3]), e);
-            }
-            entry_prob[k] = cephes_exp(-(scale * best));
+            int kind;
+            entry_prob[k] = cephes_exp(-(scale * nearest(entry_x[k], entry_y[k], kind)));
             entry_kind[k] = kind;
         }
         for (k = 0; k < n; ++k) {  // as _soft_stream: the entry, then the pixel's factor 1 - prob
