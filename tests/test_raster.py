@@ -455,7 +455,7 @@ def test_raster_output_unpacks_like_kaolin():
 def _real_kaolin_with_cuda() -> str | None:
     """Why Kaolin parity cannot run here, or None when it can."""
     if not torch.cuda.is_available():
-        return "needs CUDA"
+        return "Kaolin parity needs CUDA: Kaolin's DIB-R has no CPU path"
     try:
         from kaolin.render.mesh import dibr_rasterization  # noqa: F401
     except (ImportError, OSError) as err:
